@@ -1,0 +1,36 @@
+// Package httperr writes the API's one error shape:
+// {"error": {"code": "...", "message": "...", "field": "..."}}.
+package httperr
+
+import (
+	"github.com/gin-gonic/gin"
+)
+
+// Body is the JSON error envelope.
+type Body struct {
+	Error Detail `json:"error"`
+}
+
+// Detail describes one error. Field names the offending input, when there is one.
+type Detail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+// Codes used across the API.
+const (
+	CodeInvalid          = "invalid_request"
+	CodeUnauthenticated  = "unauthenticated"
+	CodeForbidden        = "forbidden"
+	CodeNotFound         = "not_found"
+	CodeTooLarge         = "too_large"
+	CodeUnsupportedMedia = "unsupported_media_type"
+	CodeUnavailable      = "unavailable"
+	CodeInternal         = "internal"
+)
+
+// Abort writes the error and stops the handler chain.
+func Abort(c *gin.Context, status int, code, message, field string) {
+	c.AbortWithStatusJSON(status, Body{Error: Detail{Code: code, Message: message, Field: field}})
+}

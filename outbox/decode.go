@@ -1,0 +1,154 @@
+package outbox
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// DecodeEvent parses one event in the contract's JSON shape, strictly:
+// unknown fields, wrong types, invalid UTF-8 and a read-only recorded_at are
+// refused with a *ValidationError naming the field. It does not normalise;
+// recording does.
+func DecodeEvent(data []byte) (Event, error) {
+	var e Event
+	if !utf8.Valid(data) {
+		return e, invalid("event", "is not valid UTF-8")
+	}
+	var fields map[string]json.RawMessage
+	if err := strictUnmarshal(data, &fields); err != nil || fields == nil {
+		return e, invalid("event", "must be a JSON object")
+	}
+	for name, raw := range fields {
+		var err error
+		switch name {
+		case "id":
+			err = decodeString(raw, &e.ID)
+		case "workspace_id":
+			err = decodeString(raw, &e.WorkspaceID)
+		case "occurred_at":
+			var s string
+			if err = decodeString(raw, &s); err == nil && s != "" {
+				e.OccurredAt, err = time.Parse(time.RFC3339Nano, s)
+				if err != nil {
+					err = errors.New("must be an RFC 3339 timestamp with an offset")
+				}
+			}
+		case "recorded_at":
+			err = errors.New("is set by the server and cannot be supplied")
+		case "action":
+			err = decodeString(raw, &e.Action)
+		case "actor":
+			var a map[string]json.RawMessage
+			if isNull(raw) {
+				break
+			}
+			if strictUnmarshal(raw, &a) != nil || a == nil {
+				err = errors.New("must be an object")
+				break
+			}
+			for k, v := range a {
+				var ferr error
+				switch k {
+				case "type":
+					ferr = decodeString(v, &e.Actor.Type)
+				case "id":
+					ferr = decodeString(v, &e.Actor.ID)
+				case "email":
+					ferr = decodeString(v, &e.Actor.Email)
+				case "name":
+					ferr = decodeString(v, &e.Actor.Name)
+				default:
+					ferr = errors.New("is not a field of actor")
+				}
+				if ferr != nil {
+					return e, invalid("actor."+k, "%v", ferr)
+				}
+			}
+		case "resource":
+			if isNull(raw) {
+				break
+			}
+			var r map[string]json.RawMessage
+			if strictUnmarshal(raw, &r) != nil || r == nil {
+				err = errors.New("must be an object")
+				break
+			}
+			for k, v := range r {
+				var ferr error
+				switch k {
+				case "type":
+					ferr = decodeString(v, &e.Resource.Type)
+				case "ids":
+					if isNull(v) {
+						break
+					}
+					var ids map[string]any
+					if strictUnmarshal(v, &ids) != nil || ids == nil {
+						ferr = errors.New("must be an object")
+						break
+					}
+					e.Resource.IDs = ids
+				default:
+					ferr = errors.New("is not a field of resource")
+				}
+				if ferr != nil {
+					return e, invalid("resource."+k, "%v", ferr)
+				}
+			}
+		case "source":
+			err = decodeString(raw, &e.Source)
+		case "ip":
+			err = decodeString(raw, &e.IP)
+		case "user_agent":
+			err = decodeString(raw, &e.UserAgent)
+		case "request_id":
+			err = decodeString(raw, &e.RequestID)
+		case "details":
+			if isNull(raw) {
+				break
+			}
+			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
+				err = errors.New("must be a JSON object")
+				break
+			}
+			e.Details = json.RawMessage(raw)
+		default:
+			err = errors.New("is not a field of an event")
+		}
+		if err != nil {
+			return e, invalid(name, "%v", err)
+		}
+	}
+	return e, nil
+}
+
+// strictUnmarshal decodes with numbers kept as json.Number, so resource ids
+// keep every digit.
+func strictUnmarshal(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+// decodeString accepts a JSON string or null (left empty).
+func decodeString(raw json.RawMessage, dst *string) error {
+	if isNull(raw) {
+		return nil
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return fmt.Errorf("must be a string")
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+package outbox
+
+import (
+	"time"
+)
+
+// Actor types accepted in Actor.Type.
+const (
+	ActorUser    = "user"
+	ActorAPIKey  = "api_key"
+	ActorService = "service"
+	ActorSystem  = "system"
+)
+
+// Event is one audit event as a caller describes it. Zero-valued fields are
+// either optional or filled from the context (see the package doc).
+type Event struct {
+	// ID is a UUID chosen by the caller for idempotency; empty means a new
+	// UUIDv7. An event whose (WorkspaceID, OccurredAt, ID) is already stored
+	// is stored once.
+	ID string
+	// WorkspaceID is the tenant; empty means the one in the context.
+	WorkspaceID string
+	// OccurredAt is when the action happened; zero means the time of recording.
+	OccurredAt time.Time
+	// Action is lowercase dotted words, e.g. "member.invite".
+	Action string
+	// Actor is who acted; zero means the actor in the context.
+	Actor Actor
+	// Resource is what was acted on; optional.
+	Resource Resource
+	// Source is where the action came from ("web", "api", "slack", ...);
+	// empty means the source in the context.
+	Source string
+	// IP is the client address; empty means the one in the context, and no
+	// address at all is stored as null.
+	IP string
+	// UserAgent and RequestID are optional; empty means the context's.
+	UserAgent string
+	RequestID string
+	// Details is an optional JSON object: a map, a struct, json.RawMessage or
+	// []byte holding JSON. nil means none.
+	Details any
+}
+
+// Actor is who performed the action.
+type Actor struct {
+	Type  string `json:"type"`
+	ID    string `json:"id,omitempty"`
+	Email string `json:"email,omitempty"`
+	Name  string `json:"name,omitempty"`
+}
+
+// IsZero reports whether no actor field is set.
+func (a Actor) IsZero() bool { return a == Actor{} }
+
+// Resource is what the action touched. IDs values are strings, numbers or
+// slices of those.
+type Resource struct {
+	Type string         `json:"type,omitempty"`
+	IDs  map[string]any `json:"ids,omitempty"`
+}
+
+// TimeFormat is the one timestamp format of every output: UTC with exactly
+// three fraction digits.
+const TimeFormat = "2006-01-02T15:04:05.000Z"
+
+// FormatTime renders t in TimeFormat.
+func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }

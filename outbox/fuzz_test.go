@@ -1,0 +1,112 @@
+package outbox
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+// FuzzDecodeNormalise feeds arbitrary bodies through the ingest decoder and
+// the normaliser. Whatever the input: no panic, an error is a
+// *ValidationError, and an accepted event's stored forms are canonical
+// (re-canonicalising them changes nothing) and valid UTF-8.
+func FuzzDecodeNormalise(f *testing.F) {
+	f.Add([]byte(`{"workspace_id":"ws_acme","action":"ticket.update","actor":{"type":"user","id":"u_42"},"source":"web"}`))
+	f.Add([]byte(`{"workspace_id":"w","action":"a.b","actor":{"type":"system"},"source":"slack","ip":"::ffff:1.2.3.4","details":{"b":[1,2,{"c":null}],"a":"\u00e9"}}`))
+	f.Add([]byte(`{"workspace_id":"w","action":"a.b","actor":{"type":"user","email":" X@Y.Z "},"source":"api","resource":{"type":"t","ids":{"k":[3,"3",1e2,"a;b"]}}}`))
+	f.Add([]byte(`{"occurred_at":"2026-11-25T20:30:25.123+01:00","details":{"n":1e400}}`))
+	f.Add([]byte(`{"details":{"a":1,"a":2}}`))
+	f.Add([]byte("{\"action\":\"\x00\"}"))
+	f.Add([]byte(`null`))
+	r, err := New(Options{Now: func() time.Time { return testNow }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		e, err := DecodeEvent(body)
+		if err != nil {
+			if _, ok := AsValidationError(err); !ok {
+				t.Fatalf("decode error is not a ValidationError: %v", err)
+			}
+			return
+		}
+		w, err := r.normalise(e, testNow)
+		if err != nil {
+			if _, ok := AsValidationError(err); !ok {
+				t.Fatalf("normalise error is not a ValidationError: %v", err)
+			}
+			return
+		}
+		for _, s := range []*string{w.details, w.resourceIDs} {
+			if s == nil {
+				continue
+			}
+			again, err := CanonicalObject([]byte(*s))
+			if err != nil || string(again) != *s {
+				t.Fatalf("stored form %q is not canonical: %q %v", *s, again, err)
+			}
+		}
+		for _, s := range []*string{w.actorID, w.actorEmail, w.actorName, w.userAgent, w.requestID, w.details} {
+			if s != nil && (!utf8.ValidString(*s) || strings.IndexByte(*s, 0) >= 0) {
+				t.Fatalf("stored text %q is not clean UTF-8", *s)
+			}
+		}
+		if w.ip != nil && r.nullIP[w.source] {
+			t.Fatalf("source %s must store a null ip", w.source)
+		}
+	})
+}
+
+// FuzzCanonicalObject checks RFC 8785 canonicalisation is idempotent and
+// total: any accepted object canonicalises to bytes that canonicalise to
+// themselves and still parse as the same JSON.
+func FuzzCanonicalObject(f *testing.F) {
+	f.Add([]byte(`{"b":1,"a":[true,false,null,"x"]}`))
+	f.Add([]byte(`{"n":[1.0,-0,1e21,1e-7,0.1,123456789012345678901234567890]}`))
+	f.Add([]byte(`{"\u20ac":"\ud83d\ude00","\u0080":1,"\ufb33":2}`))
+	f.Add([]byte(`{"a":{"b":{"c":{}}}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		out, err := CanonicalObject(raw)
+		if err != nil {
+			return
+		}
+		again, err := CanonicalObject(out)
+		if err != nil {
+			t.Fatalf("canonical output %q refused: %v", out, err)
+		}
+		if string(again) != string(out) {
+			t.Fatalf("not idempotent: %q -> %q", out, again)
+		}
+		var a, b any
+		if json.Unmarshal(raw, &a) != nil || json.Unmarshal(out, &b) != nil {
+			t.Fatalf("accepted input or output does not parse")
+		}
+	})
+}
+
+// FuzzFlatten checks flattening is deterministic and reversible enough:
+// the flat form never contains an unescaped separator inside a value.
+func FuzzFlatten(f *testing.F) {
+	f.Add("ticket", "t_1", "t_2")
+	f.Add("k", "a;b", "c=d")
+	f.Add("k", "%", ",")
+	f.Fuzz(func(t *testing.T, key, v1, v2 string) {
+		ids := map[string]any{key: []any{v2, v1, v2}}
+		flat, err := FlattenResourceIDs(ids)
+		if err != nil {
+			return
+		}
+		again, err := FlattenResourceIDs(map[string]any{key: []any{v1, v2}})
+		if err != nil || again != flat {
+			t.Fatalf("not deterministic: %q vs %q (%v)", flat, again, err)
+		}
+		if strings.Count(flat, "=") != 1 || strings.Contains(flat, ";") {
+			t.Fatalf("separator leaked: %q", flat)
+		}
+		if v1 != v2 && strings.Count(flat, ",") != 1 {
+			t.Fatalf("values not joined by one comma: %q", flat)
+		}
+	})
+}

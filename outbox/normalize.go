@@ -1,0 +1,424 @@
+package outbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Limits of the event fields (contract §1) and the ones the contract leaves
+// open, chosen so a single event stays small.
+const (
+	maxWorkspaceLen  = 64
+	maxActionLen     = 128
+	maxEmailLen      = 254
+	maxActorIDLen    = 128
+	maxActorNameLen  = 256
+	maxSourceLen     = 32
+	maxResourceType  = 128
+	maxIDKeys        = 64
+	maxIDValueLen    = 256
+	maxIDArrayLen    = 100
+	maxUserAgent     = 512
+	maxRequestID     = 128
+	maxFutureSkew    = 5 * time.Minute
+	DefaultRetention = 365
+)
+
+var (
+	workspaceRe    = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+	actionRe       = regexp.MustCompile(`^[a-z0-9_-]+(\.[a-z0-9_-]+)+$`)
+	actionWordRe   = regexp.MustCompile(`^[a-z0-9_-]+$`)
+	sourceRe       = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
+	resourceKeyRe  = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
+	integerLiteral = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
+)
+
+// row is an event in its stored form, exactly the columns of audit_outbox.
+type row struct {
+	id              uuid.UUID
+	workspaceID     string
+	occurredAt      time.Time
+	recordedAt      time.Time
+	action          string
+	actorType       string
+	actorID         *string
+	actorEmail      *string
+	actorName       *string
+	resourceType    *string
+	resourceIDs     *string
+	resourceIDsFlat string
+	source          string
+	ip              *netip.Addr
+	userAgent       *string
+	requestID       *string
+	details         *string
+}
+
+// normalise validates e (already merged with its context) and converts it to
+// its stored form. now is the recording time.
+func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
+	var out row
+	now = now.UTC().Truncate(time.Millisecond)
+	out.recordedAt = now
+
+	// id
+	if e.ID == "" {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return out, fmt.Errorf("generating event id: %w", err)
+		}
+		out.id = id
+	} else {
+		id, err := uuid.Parse(e.ID)
+		if err != nil || len(e.ID) != 36 {
+			return out, invalid("id", "must be a UUID in its 36-character form")
+		}
+		out.id = id
+	}
+
+	// workspace_id
+	ws := strings.TrimSpace(e.WorkspaceID)
+	if ws == "" {
+		return out, invalid("workspace_id", "is required")
+	}
+	if !workspaceRe.MatchString(ws) {
+		return out, invalid("workspace_id", "must be 1-%d characters of A-Z a-z 0-9 . _ : -", maxWorkspaceLen)
+	}
+	out.workspaceID = ws
+
+	// occurred_at
+	if e.OccurredAt.IsZero() {
+		out.occurredAt = now
+	} else {
+		t := e.OccurredAt.UTC().Truncate(time.Millisecond)
+		if t.After(now.Add(maxFutureSkew)) {
+			return out, invalid("occurred_at", "is more than 5 minutes in the future")
+		}
+		if t.Before(now.AddDate(0, 0, -r.opts.RetentionDays)) {
+			return out, invalid("occurred_at", "is older than the retention window of %d days", r.opts.RetentionDays)
+		}
+		out.occurredAt = t
+	}
+
+	// action
+	if e.Action == "" {
+		return out, invalid("action", "is required")
+	}
+	if len(e.Action) > maxActionLen || !actionRe.MatchString(e.Action) {
+		return out, invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", maxActionLen)
+	}
+	out.action = e.Action
+
+	// actor
+	if err := normaliseActor(e.Actor, &out); err != nil {
+		return out, err
+	}
+
+	// resource
+	if e.Resource.Type != "" {
+		if len(e.Resource.Type) > maxResourceType || !actionWordRe.MatchString(e.Resource.Type) {
+			return out, invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
+		}
+		out.resourceType = &e.Resource.Type
+	}
+	vals, single, err := normaliseIDs(e.Resource.IDs)
+	if err != nil {
+		return out, err
+	}
+	if len(vals) > 0 {
+		canon, err := canonicalIDs(vals, single)
+		if err != nil {
+			return out, invalid("resource.ids", "cannot be encoded: %v", err)
+		}
+		s := string(canon)
+		out.resourceIDs = &s
+		out.resourceIDsFlat = flattenIDs(vals)
+	}
+
+	// source
+	src := strings.ToLower(strings.TrimSpace(e.Source))
+	if src == "" {
+		return out, invalid("source", "is required")
+	}
+	if !sourceRe.MatchString(src) {
+		return out, invalid("source", "must be 1-%d characters of a-z 0-9 _", maxSourceLen)
+	}
+	out.source = src
+
+	// ip: null for relayed sources whatever was supplied
+	if ipText := strings.TrimSpace(e.IP); ipText != "" && !r.nullIP[src] {
+		addr, err := netip.ParseAddr(ipText)
+		if err != nil || addr.Zone() != "" {
+			return out, invalid("ip", "must be an IPv4 or IPv6 address without zone")
+		}
+		addr = addr.Unmap()
+		out.ip = &addr
+	}
+
+	// user_agent, request_id: truncated, not refused
+	if s, err := optionalText("user_agent", e.UserAgent, maxUserAgent); err != nil {
+		return out, err
+	} else {
+		out.userAgent = s
+	}
+	if s, err := optionalText("request_id", e.RequestID, maxRequestID); err != nil {
+		return out, err
+	} else {
+		out.requestID = s
+	}
+
+	// details
+	if e.Details != nil {
+		raw, err := detailsJSON(e.Details)
+		if err != nil {
+			return out, invalid("details", "%v", err)
+		}
+		if raw != nil {
+			canon, err := CanonicalObject(raw)
+			if err != nil {
+				return out, invalid("details", "%v", err)
+			}
+			if len(canon) > r.opts.MaxDetailsBytes {
+				return out, invalid("details", "is %d bytes once canonicalised, more than the limit of %d", len(canon), r.opts.MaxDetailsBytes)
+			}
+			s := string(canon)
+			out.details = &s
+		}
+	}
+	return out, nil
+}
+
+func normaliseActor(a Actor, out *row) error {
+	if a.Type == "" {
+		return invalid("actor.type", "is required")
+	}
+	switch a.Type {
+	case ActorUser, ActorAPIKey, ActorService, ActorSystem:
+	default:
+		return invalid("actor.type", "must be one of user, api_key, service, system")
+	}
+	out.actorType = a.Type
+	if err := checkText("actor.id", a.ID); err != nil {
+		return err
+	}
+	if id := strings.TrimSpace(a.ID); id != "" {
+		if utf8.RuneCountInString(id) > maxActorIDLen {
+			return invalid("actor.id", "must be at most %d characters", maxActorIDLen)
+		}
+		out.actorID = &id
+	}
+	if err := checkText("actor.email", a.Email); err != nil {
+		return err
+	}
+	if email := strings.ToLower(strings.TrimSpace(a.Email)); email != "" {
+		if len(email) > maxEmailLen {
+			return invalid("actor.email", "must be at most %d characters", maxEmailLen)
+		}
+		at := strings.IndexByte(email, '@')
+		if strings.Count(email, "@") != 1 || at == 0 || at == len(email)-1 || strings.ContainsAny(email, " \t\r\n") {
+			return invalid("actor.email", "must be an address with one @")
+		}
+		out.actorEmail = &email
+	}
+	if err := checkText("actor.name", a.Name); err != nil {
+		return err
+	}
+	if name := strings.TrimSpace(a.Name); name != "" {
+		if utf8.RuneCountInString(name) > maxActorNameLen {
+			return invalid("actor.name", "must be at most %d characters", maxActorNameLen)
+		}
+		out.actorName = &name
+	}
+	if a.Type == ActorUser && out.actorID == nil && out.actorEmail == nil {
+		return invalid("actor", "a user actor needs an id or an email")
+	}
+	return nil
+}
+
+// checkText refuses strings PostgreSQL text cannot hold or that are not text.
+func checkText(field, s string) error {
+	if !utf8.ValidString(s) {
+		return invalid(field, "is not valid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return invalid(field, "contains a NUL character")
+	}
+	return nil
+}
+
+// optionalText validates s and truncates it at a UTF-8 boundary to max bytes.
+func optionalText(field, s string, max int) (*string, error) {
+	if err := checkText(field, s); err != nil {
+		return nil, err
+	}
+	if s == "" {
+		return nil, nil
+	}
+	if len(s) > max {
+		cut := max
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return &s, nil
+}
+
+// normaliseIDs checks resource ids and converts every value to a sorted,
+// de-duplicated list of strings. single marks keys whose value was a lone
+// string or number, so the stored JSON keeps that shape.
+func normaliseIDs(ids map[string]any) (map[string][]string, map[string]bool, error) {
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	if len(ids) > maxIDKeys {
+		return nil, nil, invalid("resource.ids", "has more than %d keys", maxIDKeys)
+	}
+	vals := make(map[string][]string, len(ids))
+	single := make(map[string]bool, len(ids))
+	for k, v := range ids {
+		if !resourceKeyRe.MatchString(k) {
+			return nil, nil, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
+		}
+		field := "resource.ids." + k
+		if s, ok, err := idScalar(field, v); err != nil {
+			return nil, nil, err
+		} else if ok {
+			vals[k] = []string{s}
+			single[k] = true
+			continue
+		}
+		var items []any
+		switch arr := v.(type) {
+		case []any:
+			items = arr
+		case []string:
+			for _, s := range arr {
+				items = append(items, s)
+			}
+		case []int:
+			for _, n := range arr {
+				items = append(items, n)
+			}
+		case []int64:
+			for _, n := range arr {
+				items = append(items, n)
+			}
+		default:
+			return nil, nil, invalid(field, "must be a string, a number or an array of those")
+		}
+		if len(items) > maxIDArrayLen {
+			return nil, nil, invalid(field, "has more than %d values", maxIDArrayLen)
+		}
+		set := make(map[string]struct{}, len(items))
+		for _, it := range items {
+			s, ok, err := idScalar(field, it)
+			if err != nil {
+				return nil, nil, err
+			}
+			if !ok {
+				return nil, nil, invalid(field, "must be a string, a number or an array of those")
+			}
+			set[s] = struct{}{}
+		}
+		list := make([]string, 0, len(set))
+		for s := range set {
+			list = append(list, s)
+		}
+		sort.Strings(list)
+		vals[k] = list
+	}
+	return vals, single, nil
+}
+
+// idScalar converts one resource id value to its string form. ok is false
+// when v is not a scalar of an accepted type.
+func idScalar(field string, v any) (s string, ok bool, err error) {
+	switch x := v.(type) {
+	case string:
+		if err := checkText(field, x); err != nil {
+			return "", false, err
+		}
+		s = x
+	case json.Number:
+		s, err = decimalString(x.String())
+		if err != nil {
+			return "", false, invalid(field, "%v", err)
+		}
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return "", false, invalid(field, "is not a finite number")
+		}
+		s = strconv.FormatFloat(x, 'f', -1, 64)
+	case float32:
+		s = strconv.FormatFloat(float64(x), 'f', -1, 32)
+	case int:
+		s = strconv.FormatInt(int64(x), 10)
+	case int32:
+		s = strconv.FormatInt(int64(x), 10)
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case uint:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint32:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint64:
+		s = strconv.FormatUint(x, 10)
+	default:
+		return "", false, nil
+	}
+	if len(s) > maxIDValueLen {
+		return "", false, invalid(field, "value is longer than %d bytes", maxIDValueLen)
+	}
+	return s, true, nil
+}
+
+// decimalString renders a JSON number literal as a plain decimal string:
+// integers keep every digit, others go through float64 without exponent.
+func decimalString(lit string) (string, error) {
+	if integerLiteral.MatchString(lit) {
+		if lit == "-0" {
+			return "0", nil
+		}
+		return lit, nil
+	}
+	f, err := strconv.ParseFloat(lit, 64)
+	if err != nil || math.IsInf(f, 0) {
+		return "", fmt.Errorf("number %s is out of range", lit)
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64), nil
+}
+
+// detailsJSON turns a caller's details value into JSON bytes; nil means no
+// details (a JSON null counts as none too).
+func detailsJSON(d any) ([]byte, error) {
+	var raw []byte
+	switch v := d.(type) {
+	case json.RawMessage:
+		raw = v
+	case []byte:
+		raw = v
+	case string:
+		return nil, fmt.Errorf("must be a JSON object, not a string")
+	default:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("cannot be encoded as JSON: %v", err)
+		}
+		raw = b
+	}
+	if t := strings.TrimSpace(string(raw)); t == "" || t == "null" {
+		return nil, nil
+	}
+	return raw, nil
+}

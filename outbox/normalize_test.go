@@ -1,0 +1,294 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+var testNow = time.Date(2026, 11, 25, 20, 30, 25, 123456789, time.UTC)
+
+func testRecorder(t *testing.T) *Recorder {
+	t.Helper()
+	r, err := New(Options{Now: func() time.Time { return testNow }})
+	require.NoError(t, err)
+	return r
+}
+
+func validEvent() Event {
+	return Event{
+		WorkspaceID: "ws_acme",
+		Action:      "ticket.update",
+		Actor:       Actor{Type: "user", ID: "u_42", Email: "alice@acme.io", Name: "Alice Liddell"},
+		Resource:    Resource{Type: "ticket", IDs: map[string]any{"ticket": "t_981", "channel": "C0451"}},
+		Source:      "web",
+		IP:          "203.0.113.7",
+		UserAgent:   "Mozilla/5.0",
+		RequestID:   "req_8f2c",
+		Details:     map[string]any{"changes": map[string]any{"status": map[string]any{"from": "open", "to": "closed"}}},
+	}
+}
+
+func TestNormaliseValidEvent(t *testing.T) {
+	t.Parallel()
+	r := testRecorder(t)
+	w, err := r.normalise(validEvent(), testNow)
+	require.NoError(t, err)
+	require.Equal(t, "ws_acme", w.workspaceID)
+	require.Equal(t, testNow.Truncate(time.Millisecond), w.occurredAt, "occurred_at defaults to recording time, truncated to ms")
+	require.Equal(t, w.occurredAt, w.recordedAt)
+	require.Equal(t, 7, int(w.id.Version()), "generated ids are UUIDv7")
+	require.Equal(t, "channel=C0451;ticket=t_981", w.resourceIDsFlat)
+	require.Equal(t, `{"channel":"C0451","ticket":"t_981"}`, *w.resourceIDs)
+	require.Equal(t, `{"changes":{"status":{"from":"open","to":"closed"}}}`, *w.details)
+	require.Equal(t, "203.0.113.7", w.ip.String())
+	require.Equal(t, "alice@acme.io", *w.actorEmail)
+}
+
+// Each rule of contract §1 has at least one refusing case, named by field.
+func TestNormaliseRules(t *testing.T) {
+	t.Parallel()
+	deep := strings.Repeat(`{"a":`, MaxJSONDepth+1) + "1" + strings.Repeat("}", MaxJSONDepth+1)
+	cases := []struct {
+		name  string
+		mod   func(*Event)
+		field string
+	}{
+		{"id not uuid", func(e *Event) { e.ID = "nope" }, "id"},
+		{"id uuid without dashes", func(e *Event) { e.ID = "01936a5e7c1f7b3a9d0e2f5c1a9b8e77" }, "id"},
+		{"workspace missing", func(e *Event) { e.WorkspaceID = "" }, "workspace_id"},
+		{"workspace bad char", func(e *Event) { e.WorkspaceID = "ws acme" }, "workspace_id"},
+		{"workspace too long", func(e *Event) { e.WorkspaceID = strings.Repeat("w", 65) }, "workspace_id"},
+		{"occurred in future", func(e *Event) { e.OccurredAt = testNow.Add(6 * time.Minute) }, "occurred_at"},
+		{"occurred before retention", func(e *Event) { e.OccurredAt = testNow.AddDate(0, 0, -366) }, "occurred_at"},
+		{"action missing", func(e *Event) { e.Action = "" }, "action"},
+		{"action one word", func(e *Event) { e.Action = "update" }, "action"},
+		{"action uppercase", func(e *Event) { e.Action = "Ticket.update" }, "action"},
+		{"action empty word", func(e *Event) { e.Action = "ticket..update" }, "action"},
+		{"action trailing dot", func(e *Event) { e.Action = "ticket.update." }, "action"},
+		{"action too long", func(e *Event) { e.Action = "a." + strings.Repeat("b", 127) }, "action"},
+		{"actor type missing", func(e *Event) { e.Actor.Type = "" }, "actor.type"},
+		{"actor type unknown", func(e *Event) { e.Actor.Type = "robot" }, "actor.type"},
+		{"user without id or email", func(e *Event) { e.Actor = Actor{Type: "user", Name: "x"} }, "actor"},
+		{"email without at", func(e *Event) { e.Actor.Email = "alice.acme.io" }, "actor.email"},
+		{"email two ats", func(e *Event) { e.Actor.Email = "a@b@c" }, "actor.email"},
+		{"email too long", func(e *Event) { e.Actor.Email = strings.Repeat("a", 250) + "@b.io" }, "actor.email"},
+		{"actor id too long", func(e *Event) { e.Actor.ID = strings.Repeat("i", 129) }, "actor.id"},
+		{"actor name too long", func(e *Event) { e.Actor.Name = strings.Repeat("n", 257) }, "actor.name"},
+		{"actor name NUL", func(e *Event) { e.Actor.Name = "a\x00b" }, "actor.name"},
+		{"actor name bad utf8", func(e *Event) { e.Actor.Name = "a\xffb" }, "actor.name"},
+		{"resource type bad", func(e *Event) { e.Resource.Type = "Ticket" }, "resource.type"},
+		{"resource type dotted", func(e *Event) { e.Resource.Type = "a.b" }, "resource.type"},
+		{"resource id key bad", func(e *Event) { e.Resource.IDs = map[string]any{"Ticket": "x"} }, "resource.ids"},
+		{"resource id key too long", func(e *Event) { e.Resource.IDs = map[string]any{strings.Repeat("k", 65): "x"} }, "resource.ids"},
+		{"resource id value object", func(e *Event) { e.Resource.IDs = map[string]any{"t": map[string]any{}} }, "resource.ids.t"},
+		{"resource id value bool", func(e *Event) { e.Resource.IDs = map[string]any{"t": true} }, "resource.ids.t"},
+		{"resource id nested array", func(e *Event) { e.Resource.IDs = map[string]any{"t": []any{[]any{"x"}}} }, "resource.ids.t"},
+		{"resource id value NUL", func(e *Event) { e.Resource.IDs = map[string]any{"t": "a\x00"} }, "resource.ids.t"},
+		{"source missing", func(e *Event) { e.Source = "" }, "source"},
+		{"source bad char", func(e *Event) { e.Source = "web-app" }, "source"},
+		{"source too long", func(e *Event) { e.Source = strings.Repeat("s", 33) }, "source"},
+		{"ip garbage", func(e *Event) { e.IP = "203.0.113" }, "ip"},
+		{"ip with port", func(e *Event) { e.IP = "203.0.113.7:443" }, "ip"},
+		{"ip with zone", func(e *Event) { e.IP = "fe80::1%eth0" }, "ip"},
+		{"user agent NUL", func(e *Event) { e.UserAgent = "x\x00" }, "user_agent"},
+		{"request id bad utf8", func(e *Event) { e.RequestID = "\xc3" }, "request_id"},
+		{"details array", func(e *Event) { e.Details = json.RawMessage(`[1,2]`) }, "details"},
+		{"details scalar", func(e *Event) { e.Details = json.RawMessage(`"x"`) }, "details"},
+		{"details string value", func(e *Event) { e.Details = "{}" }, "details"},
+		{"details invalid json", func(e *Event) { e.Details = json.RawMessage(`{"a":}`) }, "details"},
+		{"details duplicate key", func(e *Event) { e.Details = json.RawMessage(`{"a":1,"a":2}`) }, "details"},
+		{"details too deep", func(e *Event) { e.Details = json.RawMessage(deep) }, "details"},
+		{"details too large", func(e *Event) { e.Details = map[string]string{"x": strings.Repeat("y", 32768)} }, "details"},
+		{"details huge number", func(e *Event) { e.Details = json.RawMessage(`{"n":1e400}`) }, "details"},
+		{"details trailing", func(e *Event) { e.Details = json.RawMessage(`{} {}`) }, "details"},
+		{"details bad utf8", func(e *Event) { e.Details = json.RawMessage("{\"a\":\"\xff\"}") }, "details"},
+	}
+	r := testRecorder(t)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := validEvent()
+			tc.mod(&e)
+			_, err := r.normalise(e, testNow)
+			require.Error(t, err)
+			ve, ok := AsValidationError(err)
+			require.True(t, ok, "want a ValidationError, got %v", err)
+			require.Equal(t, tc.field, ve.Field, ve.Error())
+		})
+	}
+}
+
+func TestNormaliseForms(t *testing.T) {
+	t.Parallel()
+	r := testRecorder(t)
+	e := validEvent()
+	e.ID = "01936A5E-7C1F-7B3A-9D0E-2F5C1A9B8E77"
+	e.OccurredAt = time.Date(2026, 11, 25, 21, 30, 25, 999999999, time.FixedZone("CET", 3600))
+	e.Actor = Actor{Type: "user", Email: "  Alice@ACME.io ", Name: "  Alice  "}
+	e.Source = " Web "
+	e.IP = "::ffff:203.0.113.7"
+	e.UserAgent = strings.Repeat("é", 300) // 600 bytes
+	e.RequestID = strings.Repeat("r", 200)
+	e.Resource.IDs = map[string]any{"ticket": []any{"t_2", "t_1", "t_2"}, "n": json.Number("12345678901234567890"), "f": 1.5, "odd": "a;b=c,d%"}
+	e.Details = json.RawMessage(`{ "b": 1, "a": {"d": [3, 2], "c": "é\u00e9"} }`)
+	w, err := r.normalise(e, testNow)
+	require.NoError(t, err)
+	require.Equal(t, "01936a5e-7c1f-7b3a-9d0e-2f5c1a9b8e77", w.id.String())
+	require.Equal(t, "2026-11-25T20:30:25.999Z", FormatTime(w.occurredAt))
+	require.Equal(t, "alice@acme.io", *w.actorEmail)
+	require.Equal(t, "Alice", *w.actorName)
+	require.Nil(t, w.actorID)
+	require.Equal(t, "web", w.source)
+	require.Equal(t, "203.0.113.7", w.ip.String(), "IPv4-mapped IPv6 becomes IPv4")
+	require.Len(t, *w.userAgent, 512)
+	require.Equal(t, strings.Repeat("é", 256), *w.userAgent, "cut at a UTF-8 boundary")
+	require.Len(t, *w.requestID, 128)
+	require.Equal(t, "f=1.5;n=12345678901234567890;odd=a%3Bb%3Dc%2Cd%25;ticket=t_1,t_2", w.resourceIDsFlat)
+	require.Equal(t, `{"f":"1.5","n":"12345678901234567890","odd":"a;b=c,d%","ticket":["t_1","t_2"]}`, *w.resourceIDs)
+	require.Equal(t, `{"a":{"c":"éé","d":[3,2]},"b":1}`, *w.details)
+}
+
+func TestNullIPSources(t *testing.T) {
+	t.Parallel()
+	r := testRecorder(t)
+	for _, src := range []string{"slack", "workflow", "system"} {
+		e := validEvent()
+		e.Source = src
+		w, err := r.normalise(e, testNow)
+		require.NoError(t, err)
+		require.Nil(t, w.ip, src)
+	}
+	e := validEvent()
+	e.IP = ""
+	w, err := r.normalise(e, testNow)
+	require.NoError(t, err)
+	require.Nil(t, w.ip, "no address is null, never a placeholder")
+
+	custom, err := New(Options{NullIPSources: []string{}, Now: func() time.Time { return testNow }})
+	require.NoError(t, err)
+	e = validEvent()
+	e.Source = "slack"
+	w, err = custom.normalise(e, testNow)
+	require.NoError(t, err)
+	require.NotNil(t, w.ip, "an empty list nulls no source")
+}
+
+func TestSameDetailsSameBytes(t *testing.T) {
+	t.Parallel()
+	a, err := CanonicalObject([]byte(`{"z": [1, 2.0, 1e2], "a": {"y": null, "x": true}, "m": "\u00e9\n"}`))
+	require.NoError(t, err)
+	b, err := CanonicalObject([]byte("{\"a\":{\"x\":true,\"y\":null},\"m\":\"é\\n\",\"z\":[1,2,100]}"))
+	require.NoError(t, err)
+	require.Equal(t, string(a), string(b))
+	require.Equal(t, `{"a":{"x":true,"y":null},"m":"é\n","z":[1,2,100]}`, string(a))
+}
+
+func TestFlattenResourceIDs(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		ids  map[string]any
+		want string
+	}{
+		{nil, ""},
+		{map[string]any{}, ""},
+		{map[string]any{"ticket": []any{"t_2", "t_1"}, "channel": "C0451"}, "channel=C0451;ticket=t_1,t_2"},
+		{map[string]any{"b": 2, "a": int64(-7), "c": 0.25}, "a=-7;b=2;c=0.25"},
+		{map[string]any{"k": []any{}}, "k="},
+		{map[string]any{"k": "100%"}, "k=100%25"},
+	}
+	for _, tc := range cases {
+		got, err := FlattenResourceIDs(tc.ids)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got)
+	}
+}
+
+func TestContextFillsUnsetFields(t *testing.T) {
+	t.Parallel()
+	r := testRecorder(t)
+	ctx := WithActor(context.Background(), Actor{Type: "user", ID: "u_1", Email: "bob@acme.io"})
+	ctx = WithRequestInfo(ctx, RequestInfo{WorkspaceID: "ws_ctx", Source: "web", IP: "198.51.100.4", UserAgent: "ua", RequestID: "req_1"})
+	e := Event{Action: "member.invite"}
+	w, err := r.normalise(fromContext(ctx, e), testNow)
+	require.NoError(t, err)
+	require.Equal(t, "ws_ctx", w.workspaceID)
+	require.Equal(t, "u_1", *w.actorID)
+	require.Equal(t, "198.51.100.4", w.ip.String())
+	require.Equal(t, "req_1", *w.requestID)
+
+	// Fields set on the event win over the context.
+	e = Event{Action: "member.invite", Actor: Actor{Type: "service", ID: "svc"}, Source: "api", WorkspaceID: "ws_own"}
+	w, err = r.normalise(fromContext(ctx, e), testNow)
+	require.NoError(t, err)
+	require.Equal(t, "ws_own", w.workspaceID)
+	require.Equal(t, "service", w.actorType)
+	require.Equal(t, "api", w.source)
+}
+
+func TestCaptureRestore(t *testing.T) {
+	t.Parallel()
+	ctx := WithActor(context.Background(), Actor{Type: "user", ID: "u_42", Email: "alice@acme.io", Name: "Alice"})
+	ctx = WithRequestInfo(ctx, RequestInfo{WorkspaceID: "ws_acme", Source: "web", IP: "203.0.113.7", RequestID: "req_1"})
+	data, err := Capture(ctx)
+	require.NoError(t, err)
+
+	// Every retry restores the same context from the job payload.
+	for attempt := 1; attempt <= 3; attempt++ {
+		restored, err := Restore(context.Background(), data)
+		require.NoError(t, err)
+		a, ok := ActorFrom(restored)
+		require.True(t, ok)
+		require.Equal(t, "u_42", a.ID)
+		info, ok := RequestInfoFrom(restored)
+		require.True(t, ok)
+		require.Equal(t, "ws_acme", info.WorkspaceID)
+	}
+
+	_, err = Restore(context.Background(), []byte(`{"v":99}`))
+	require.Error(t, err)
+	_, err = Restore(context.Background(), []byte(`not json`))
+	require.Error(t, err)
+}
+
+func TestDecodeEvent(t *testing.T) {
+	t.Parallel()
+	body := `{"id":"01936a5e-7c1f-7b3a-9d0e-2f5c1a9b8e77","workspace_id":"ws_acme","occurred_at":"2026-11-25T20:30:25.123Z",
+	"action":"ticket.update","actor":{"type":"user","id":"u_42","email":"alice@acme.io","name":"Alice Liddell"},
+	"resource":{"type":"ticket","ids":{"ticket":"t_981","n":12345678901234567890}},"source":"web","ip":"203.0.113.7",
+	"user_agent":"Mozilla/5.0","request_id":"req_8f2c","details":{"changes":{"status":{"from":"open","to":"closed"}}}}`
+	e, err := DecodeEvent([]byte(body))
+	require.NoError(t, err)
+	require.Equal(t, "ticket.update", e.Action)
+	require.Equal(t, "alice@acme.io", e.Actor.Email)
+	require.Equal(t, json.Number("12345678901234567890"), e.Resource.IDs["n"])
+	w, err := testRecorder(t).normalise(e, testNow)
+	require.NoError(t, err)
+	require.Equal(t, "2026-11-25T20:30:25.123Z", FormatTime(w.occurredAt))
+	require.Equal(t, "n=12345678901234567890;ticket=t_981", w.resourceIDsFlat)
+
+	bad := []struct{ body, field string }{
+		{`[]`, "event"},
+		{`{"action": 5}`, "action"},
+		{`{"actor": "bob"}`, "actor"},
+		{`{"actor": {"type": "user", "role": "x"}}`, "actor.role"},
+		{`{"resource": {"ids": []}}`, "resource.ids"},
+		{`{"resource": {"kind": "x"}}`, "resource.kind"},
+		{`{"occurred_at": "2026-11-25 20:30:25"}`, "occurred_at"},
+		{`{"occurred_at": "2026-11-25T20:30:25"}`, "occurred_at"},
+		{`{"recorded_at": "2026-11-25T20:30:25Z"}`, "recorded_at"},
+		{`{"details": [1]}`, "details"},
+		{`{"details": "x"}`, "details"},
+		{`{"unknown": 1}`, "unknown"},
+		{"{\"action\": \"a\xff.b\"}", "event"},
+	}
+	for _, tc := range bad {
+		_, err := DecodeEvent([]byte(tc.body))
+		ve, ok := AsValidationError(err)
+		require.True(t, ok, "%s: %v", tc.body, err)
+		require.Equal(t, tc.field, ve.Field, tc.body)
+	}
+}

@@ -1,0 +1,187 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options configure a Recorder. Zero values take the defaults.
+type Options struct {
+	// NullIPSources lists sources whose IP is always stored as null: a
+	// relayed request's address is not the actor's. Default slack,
+	// workflow, system. Set to an empty non-nil slice for none.
+	NullIPSources []string
+	// MaxDetailsBytes bounds details once canonicalised. Default 32768.
+	MaxDetailsBytes int
+	// RetentionDays refuses events older than the retention window.
+	// Default 365.
+	RetentionDays int
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Defaults of Options.
+var (
+	NullIPSourcesDefault = []string{"slack", "workflow", "system"}
+)
+
+// MaxDetailsBytesDefault is the default of Options.MaxDetailsBytes.
+const MaxDetailsBytesDefault = 32768
+
+// Recorder validates, normalises and writes events into audit_outbox.
+type Recorder struct {
+	opts   Options
+	nullIP map[string]bool
+}
+
+// New returns a Recorder with opts, defaults applied and validated.
+func New(opts Options) (*Recorder, error) {
+	if opts.NullIPSources == nil {
+		opts.NullIPSources = NullIPSourcesDefault
+	}
+	if opts.MaxDetailsBytes == 0 {
+		opts.MaxDetailsBytes = MaxDetailsBytesDefault
+	}
+	if opts.MaxDetailsBytes < 2 {
+		return nil, fmt.Errorf("outbox: MaxDetailsBytes must be at least 2, got %d", opts.MaxDetailsBytes)
+	}
+	if opts.RetentionDays == 0 {
+		opts.RetentionDays = DefaultRetention
+	}
+	if opts.RetentionDays < 1 {
+		return nil, fmt.Errorf("outbox: RetentionDays must be positive, got %d", opts.RetentionDays)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	r := &Recorder{opts: opts, nullIP: map[string]bool{}}
+	for i, s := range opts.NullIPSources {
+		if !sourceRe.MatchString(s) {
+			return nil, fmt.Errorf("outbox: NullIPSources[%d] %q is not a valid source", i, s)
+		}
+		r.nullIP[s] = true
+	}
+	return r, nil
+}
+
+var defaultRecorder atomic.Pointer[Recorder]
+
+func init() {
+	r, _ := New(Options{})
+	defaultRecorder.Store(r)
+}
+
+// SetDefault installs r as the Recorder behind the package-level Record and
+// RecordBatch.
+func SetDefault(r *Recorder) { defaultRecorder.Store(r) }
+
+// Default returns the Recorder behind the package-level functions.
+func Default() *Recorder { return defaultRecorder.Load() }
+
+// Record writes one event inside the caller's transaction.
+func Record(ctx context.Context, tx pgx.Tx, e Event) error {
+	return Default().Record(ctx, tx, e)
+}
+
+// RecordBatch writes events inside the caller's transaction with COPY: all
+// or none.
+func RecordBatch(ctx context.Context, tx pgx.Tx, es []Event) error {
+	return Default().RecordBatch(ctx, tx, es)
+}
+
+// Validate normalises e as recording would (context merged) without writing
+// it, returning the id it would be stored under.
+func (r *Recorder) Validate(ctx context.Context, e Event) (string, error) {
+	row, err := r.normalise(fromContext(ctx, e), r.opts.Now())
+	if err != nil {
+		return "", err
+	}
+	return row.id.String(), nil
+}
+
+const insertOutboxSQL = `
+INSERT INTO audit_outbox (
+    id, workspace_id, occurred_at, recorded_at, action, actor_type, actor_id,
+    actor_email, actor_name, resource_type, resource_ids, resource_ids_flat,
+    source, ip, user_agent, request_id, details
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
+
+// outboxColumns are the columns RecordBatch copies, in row.values order.
+var outboxColumns = []string{
+	"id", "workspace_id", "occurred_at", "recorded_at", "action", "actor_type", "actor_id",
+	"actor_email", "actor_name", "resource_type", "resource_ids", "resource_ids_flat",
+	"source", "ip", "user_agent", "request_id", "details",
+}
+
+func (w *row) values() []any {
+	var ip any
+	if w.ip != nil {
+		ip = *w.ip
+	}
+	return []any{
+		w.id, w.workspaceID, w.occurredAt, w.recordedAt, w.action, w.actorType, w.actorID,
+		w.actorEmail, w.actorName, w.resourceType, w.resourceIDs, w.resourceIDsFlat,
+		w.source, ip, w.userAgent, w.requestID, w.details,
+	}
+}
+
+// Record writes one event inside tx.
+func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
+	if tx == nil {
+		return errors.New("outbox: Record needs a transaction")
+	}
+	w, err := r.normalise(fromContext(ctx, e), r.opts.Now())
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, insertOutboxSQL, w.values()...); err != nil {
+		return fmt.Errorf("writing audit event to outbox: %w", err)
+	}
+	return nil
+}
+
+// RecordBatch validates every event first, then writes them all with one
+// COPY inside tx. A validation error carries the event's index; nothing is
+// written unless every event is valid.
+func (r *Recorder) RecordBatch(ctx context.Context, tx pgx.Tx, es []Event) error {
+	_, err := r.RecordBatchIDs(ctx, tx, es)
+	return err
+}
+
+// RecordBatchIDs is RecordBatch returning the stored ids in input order.
+func (r *Recorder) RecordBatchIDs(ctx context.Context, tx pgx.Tx, es []Event) ([]string, error) {
+	if tx == nil {
+		return nil, errors.New("outbox: RecordBatch needs a transaction")
+	}
+	if len(es) == 0 {
+		return nil, nil
+	}
+	now := r.opts.Now()
+	rows := make([][]any, len(es))
+	ids := make([]string, len(es))
+	for i, e := range es {
+		w, err := r.normalise(fromContext(ctx, e), now)
+		if err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				ve.Index = i
+			}
+			return nil, err
+		}
+		rows[i] = w.values()
+		ids[i] = w.id.String()
+	}
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(rows))
+	if err != nil {
+		return nil, fmt.Errorf("copying %d audit events to outbox: %w", len(es), err)
+	}
+	if int(n) != len(es) {
+		return nil, fmt.Errorf("copying audit events to outbox: wrote %d of %d", n, len(es))
+	}
+	return ids, nil
+}
