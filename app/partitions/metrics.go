@@ -1,0 +1,48 @@
+package partitions
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the maintainer's Prometheus metrics. They always exist, so
+// the code updates them unconditionally; they are exported only when
+// Config.Registerer is set.
+type metrics struct {
+	partitions prometheus.Gauge
+	created    prometheus.Counter
+	dropped    prometheus.Counter
+	errors     prometheus.Counter
+}
+
+func newMetrics() metrics {
+	return metrics{
+		partitions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "auditlog_partitions",
+			Help: "Partitions of audit_events, as of the last maintenance run or listing.",
+		}),
+		created: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditlog_partitions_created_total",
+			Help: "Partitions of audit_events created by this instance.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditlog_partitions_dropped_total",
+			Help: "Expired partitions of audit_events dropped by this instance.",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditlog_partitions_errors_total",
+			Help: "Partition maintenance operations that ended with an error.",
+		}),
+	}
+}
+
+func (m metrics) register(r prometheus.Registerer) error {
+	var errs []error
+	for _, c := range []prometheus.Collector{m.partitions, m.created, m.dropped, m.errors} {
+		if err := r.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

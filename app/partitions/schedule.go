@@ -1,0 +1,119 @@
+package partitions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/auditlog/auditlog/app/config"
+)
+
+// Start runs RunOnce now and then on the cron schedule spec (five fields,
+// minute first, in UTC, or a descriptor such as "@every 1h"; the parser is
+// config.ScheduleParser). Runs never overlap within this Maintainer, and
+// the advisory lock keeps instances from overlapping. A failed run is
+// logged and counted, never fatal: the next one tries again. Runs use a
+// context derived from ctx; Stop ends the schedule.
+func (m *Maintainer) Start(ctx context.Context, spec string) error {
+	sched, err := config.ScheduleParser.Parse(spec)
+	if err != nil {
+		return fmt.Errorf("partitions: parsing schedule %q: %w", spec, err)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cron != nil {
+		return errors.New("partitions: scheduler already started")
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	logger := cronLogger{l: m.logger, stopped: make(chan struct{}), once: &sync.Once{}}
+	job := cron.NewChain(cron.Recover(logger), cron.SkipIfStillRunning(logger)).
+		Then(cron.FuncJob(func() { m.scheduledRun(runCtx) }))
+
+	c := cron.New(
+		cron.WithParser(config.ScheduleParser),
+		cron.WithLocation(time.UTC),
+		cron.WithLogger(logger),
+	)
+	c.Schedule(sched, job)
+	c.Start()
+	m.cron, m.cancel, m.cronStopped = c, cancel, logger.stopped
+
+	// First run now rather than an interval from now, so a fresh install
+	// has its partitions before the first event arrives.
+	m.runs.Go(job.Run)
+
+	m.logger.InfoContext(ctx, "partitions: maintenance scheduled", "schedule", spec, "interval", m.interval,
+		"retention_days", m.retention, "premake", m.premake)
+	return nil
+}
+
+// Stop ends the schedule and waits for a run in progress to finish; when
+// ctx ends first, the run is cancelled (its transaction rolls back, leaving
+// the partitions as they were) and Stop waits only for it to unwind. Stop
+// without Start does nothing.
+func (m *Maintainer) Stop(ctx context.Context) {
+	m.mu.Lock()
+	c, cancel, cronStopped := m.cron, m.cancel, m.cronStopped
+	m.cron, m.cancel, m.cronStopped = nil, nil, nil
+	m.mu.Unlock()
+	if c == nil {
+		return
+	}
+
+	done := make(chan struct{})
+	go func() {
+		<-c.Stop().Done()
+		<-cronStopped // cron's loop has logged its last line and returned
+		m.runs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		m.logger.WarnContext(ctx, "partitions: cancelling maintenance run at shutdown")
+		cancel()
+		<-done
+	}
+	cancel()
+}
+
+// scheduledRun is one scheduled maintenance run.
+func (m *Maintainer) scheduledRun(ctx context.Context) {
+	// A skipped run (another instance holds the lock) was logged by begin.
+	_, err := m.RunOnce(ctx)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		m.logger.DebugContext(ctx, "partitions: maintenance run cancelled", "error", err)
+	default:
+		m.logger.ErrorContext(ctx, "partitions: maintenance run failed", "error", err)
+	}
+}
+
+// cronLogger adapts slog to cron.Logger. cron's own chatter (wake, run,
+// schedule) goes to debug. cron's Stop does not wait for its scheduling
+// goroutine, whose last act is to log "stop"; closing stopped then lets
+// Stop return only once nothing of the scheduler is left running.
+type cronLogger struct {
+	l       *slog.Logger
+	stopped chan struct{}
+	once    *sync.Once
+}
+
+func (c cronLogger) Info(msg string, keysAndValues ...any) {
+	c.l.Debug("partitions: cron "+msg, keysAndValues...)
+	if msg == "stop" {
+		c.once.Do(func() { close(c.stopped) })
+	}
+}
+
+func (c cronLogger) Error(err error, msg string, keysAndValues ...any) {
+	c.l.Error("partitions: cron "+msg, append([]any{"error", err}, keysAndValues...)...)
+}
