@@ -1,0 +1,326 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/auditlog/auditlog/api/auth"
+	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/internal/testdb"
+	"github.com/auditlog/auditlog/outbox"
+)
+
+// syncBuffer is a log sink safe for concurrent handlers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// lines returns the JSON log records written so far.
+func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &m), l)
+		out = append(out, m)
+	}
+	return out
+}
+
+type countingWaker struct{ n atomic.Int64 }
+
+func (w *countingWaker) Wake() { w.n.Add(1) }
+
+type bundle struct {
+	pool     *pgxpool.Pool
+	srv      *Server
+	logs     *syncBuffer
+	waker    *countingWaker
+	registry *prometheus.Registry
+}
+
+// echo answers what the request context says about the request.
+func echo(c *gin.Context) {
+	info, _ := outbox.RequestInfoFrom(c.Request.Context())
+	c.JSON(http.StatusOK, gin.H{"info": info, "gin_client_ip": c.ClientIP()})
+}
+
+func newBundle(t *testing.T, pool *pgxpool.Pool, cfg Config) *bundle {
+	t.Helper()
+	b := &bundle{pool: pool, logs: &syncBuffer{}, waker: &countingWaker{}, registry: prometheus.NewRegistry()}
+	logger := slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	rec, err := outbox.New(outbox.Options{})
+	require.NoError(t, err)
+	b.srv, err = New(cfg, Deps{
+		Pool: pool, Recorder: rec, Logger: logger, Registry: b.registry, Waker: b.waker,
+		V1: []func(*gin.RouterGroup){func(v1 *gin.RouterGroup) {
+			v1.GET("/events", auth.Require(auth.ScopeRead), echo)
+		}},
+		Mount: []func(gin.IRouter){func(r gin.IRouter) {
+			r.GET("/app/echo", echo)
+			r.GET("/app/panic", func(c *gin.Context) { panic("secret detail in panic") })
+			r.GET("/app/panic-after-write", func(c *gin.Context) {
+				c.String(http.StatusOK, "partial")
+				panic("late")
+			})
+		}},
+	})
+	require.NoError(t, err)
+	return b
+}
+
+func (b *bundle) do(t *testing.T, method, path, body string, header map[string]string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.RemoteAddr = "203.0.113.9:5555"
+	for k, v := range header {
+		if k == "RemoteAddr" {
+			req.RemoteAddr = v
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	w := httptest.NewRecorder()
+	b.srv.Handler().ServeHTTP(w, req)
+	return w
+}
+
+func errorBody(t *testing.T, w *httptest.ResponseRecorder) httperr.Detail {
+	t.Helper()
+	require.Equal(t, "application/json; charset=utf-8", w.Header().Get("Content-Type"))
+	var eb httperr.Body
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &eb), w.Body.String())
+	return eb.Error
+}
+
+func TestServer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newBundle(t, testdb.New(t), Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	key, writeSecret, err := auth.Create(ctx, b.pool, "ws_acme", "svc", []string{auth.ScopeWrite})
+	require.NoError(t, err)
+	_, readSecret, err := auth.Create(ctx, b.pool, "ws_acme", "reader", []string{auth.ScopeRead})
+	require.NoError(t, err)
+
+	t.Run("health", func(t *testing.T) {
+		w := b.do(t, "GET", "/healthz", "", nil)
+		require.Equal(t, 200, w.Code)
+		w = b.do(t, "GET", "/readyz", "", nil)
+		require.Equal(t, 200, w.Code, w.Body.String())
+	})
+	t.Run("404 is JSON", func(t *testing.T) {
+		w := b.do(t, "GET", "/nope", "", nil)
+		require.Equal(t, 404, w.Code)
+		require.Equal(t, httperr.CodeNotFound, errorBody(t, w).Code)
+		w = b.do(t, "GET", "/healthz/", "", nil)
+		require.Equal(t, 404, w.Code, "no redirect that would skip the middleware")
+	})
+	t.Run("405 is JSON with Allow", func(t *testing.T) {
+		w := b.do(t, "DELETE", "/healthz", "", nil)
+		require.Equal(t, 405, w.Code)
+		require.Equal(t, "method_not_allowed", errorBody(t, w).Code)
+		require.Equal(t, "GET", w.Header().Get("Allow"))
+	})
+	t.Run("panic is a JSON 500 without details", func(t *testing.T) {
+		w := b.do(t, "GET", "/app/panic", "", map[string]string{"X-Request-ID": "req-panic"})
+		require.Equal(t, 500, w.Code)
+		d := errorBody(t, w)
+		require.Equal(t, httperr.Detail{Code: httperr.CodeInternal, Message: "internal error"}, d)
+		require.NotContains(t, w.Body.String(), "secret detail")
+		require.NotContains(t, w.Body.String(), "goroutine")
+		var logged map[string]any
+		for _, l := range b.logs.lines(t) {
+			if l["msg"] == "http: handler panicked" && l["request_id"] == "req-panic" {
+				logged = l
+			}
+		}
+		require.NotNil(t, logged, "the panic is logged with the request id")
+		require.Equal(t, "secret detail in panic", logged["panic"])
+		require.Equal(t, "/app/panic", logged["route"])
+	})
+	t.Run("panic after the response started", func(t *testing.T) {
+		w := b.do(t, "GET", "/app/panic-after-write", "", nil)
+		require.Equal(t, 200, w.Code)
+		require.Equal(t, "partial", w.Body.String())
+	})
+	t.Run("client ip from trusted proxy, gin not spoofable", func(t *testing.T) {
+		w := b.do(t, "GET", "/app/echo", "", map[string]string{
+			"RemoteAddr":      "10.1.2.3:4000",
+			"X-Forwarded-For": "6.6.6.6, 203.0.113.7",
+			"X-Real-IP":       "7.7.7.7",
+			"User-Agent":      "browser/1",
+		})
+		require.Equal(t, 200, w.Code)
+		var got struct {
+			Info        outbox.RequestInfo `json:"info"`
+			GinClientIP string             `json:"gin_client_ip"`
+		}
+		require.NoError(t, json.Unmarshal(w.Body.Bytes(), &got))
+		require.Equal(t, "203.0.113.7", got.Info.IP)
+		require.Equal(t, "web", got.Info.Source)
+		require.Equal(t, "browser/1", got.Info.UserAgent)
+		require.Equal(t, w.Header().Get("X-Request-ID"), got.Info.RequestID)
+		require.Equal(t, "10.1.2.3", got.GinClientIP, "gin's ClientIP believes no header")
+	})
+	t.Run("header from untrusted socket ignored", func(t *testing.T) {
+		w := b.do(t, "GET", "/app/echo", "", map[string]string{"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "7.7.7.7"})
+		require.Contains(t, w.Body.String(), `"ip":"203.0.113.9"`)
+		require.Contains(t, w.Body.String(), `"gin_client_ip":"203.0.113.9"`)
+	})
+	t.Run("v1 hook: scope, workspace, source", func(t *testing.T) {
+		w := b.do(t, "GET", "/v1/events", "", nil)
+		require.Equal(t, 401, w.Code)
+		require.Equal(t, "Bearer realm=\"auditlog\"", w.Header().Get("WWW-Authenticate"))
+		w = b.do(t, "GET", "/v1/events", "", map[string]string{"Authorization": "Bearer " + writeSecret})
+		require.Equal(t, 403, w.Code)
+		w = b.do(t, "GET", "/v1/events?workspace_id=ws_other", "", map[string]string{"Authorization": "Bearer " + readSecret})
+		require.Equal(t, 403, w.Code)
+		require.Equal(t, "workspace_id", errorBody(t, w).Field)
+		w = b.do(t, "GET", "/v1/events", "", map[string]string{"Authorization": "Bearer " + readSecret})
+		require.Equal(t, 200, w.Code, w.Body.String())
+		require.Contains(t, w.Body.String(), `"workspace_id":"ws_acme"`)
+		require.Contains(t, w.Body.String(), `"source":"api"`)
+	})
+	t.Run("ingest", func(t *testing.T) {
+		w := b.do(t, "POST", "/v1/events",
+			`{"action":"member.invite","source":"web","actor":{"type":"user","id":"u_1"}}`,
+			map[string]string{"Authorization": "Bearer " + writeSecret, "Content-Type": "application/json", "X-Request-ID": "req-ingest"})
+		require.Equal(t, http.StatusAccepted, w.Code, w.Body.String())
+		require.EqualValues(t, 1, b.waker.n.Load())
+		var n int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM audit_outbox`).Scan(&n))
+		require.Equal(t, 1, n)
+
+		var access map[string]any
+		for _, l := range b.logs.lines(t) {
+			if l["msg"] == "http request" && l["request_id"] == "req-ingest" {
+				access = l
+			}
+		}
+		require.NotNil(t, access)
+		require.Equal(t, "INFO", access["level"])
+		require.Equal(t, "POST", access["method"])
+		require.Equal(t, "/v1/events", access["route"])
+		require.EqualValues(t, 202, access["status"])
+		require.Equal(t, key.ID, access["key_id"])
+		require.Contains(t, access, "duration_ms")
+	})
+	t.Run("metrics", func(t *testing.T) {
+		w := b.do(t, "GET", "/metrics", "", nil)
+		require.Equal(t, 200, w.Code)
+		text := w.Body.String()
+		require.Contains(t, text, `auditlog_http_requests_total{method="GET",route="/healthz",status="200"} 1`)
+		require.Contains(t, text, `auditlog_http_requests_total{method="GET",route="unmatched",status="404"} 2`)
+		require.Contains(t, text, `auditlog_http_requests_total{method="DELETE",route="unmatched",status="405"} 1`)
+		require.Contains(t, text, `auditlog_http_requests_total{method="POST",route="/v1/events",status="202"} 1`)
+		require.Contains(t, text, `auditlog_http_requests_total{method="GET",route="/app/panic",status="500"} 1`)
+		require.Contains(t, text, `auditlog_http_request_seconds_bucket{method="GET",route="/healthz",le="+Inf"} 1`)
+		require.Contains(t, text, "go_goroutines")
+		require.Contains(t, text, "process_")
+		w = b.do(t, "BREW", "/x", "", nil)
+		require.Equal(t, 404, w.Code)
+		w = b.do(t, "GET", "/metrics", "", nil)
+		require.Contains(t, w.Body.String(), `method="OTHER"`)
+		require.NotContains(t, w.Body.String(), "BREW")
+	})
+}
+
+func TestServerDatabaseUnavailable(t *testing.T) {
+	t.Parallel()
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/x?connect_timeout=1&sslmode=disable")
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	b := newBundle(t, pool, Config{})
+
+	// Any well-formed key: the database cannot be asked about it.
+	w := b.do(t, "POST", "/v1/events", `{"action":"a.b"}`, map[string]string{
+		"Authorization": "Bearer alk_" + strings.Repeat("A", 43), "Content-Type": "application/json"})
+	require.Equal(t, 503, w.Code, w.Body.String())
+	require.Equal(t, httperr.CodeUnavailable, errorBody(t, w).Code)
+	w = b.do(t, "GET", "/readyz", "", nil)
+	require.Equal(t, 503, w.Code)
+	w = b.do(t, "GET", "/healthz", "", nil)
+	require.Equal(t, 200, w.Code)
+}
+
+func TestStartShutdown(t *testing.T) {
+	t.Parallel()
+	b := newBundle(t, testdb.New(t), Config{Addr: "127.0.0.1:0"})
+	require.NoError(t, b.srv.Start())
+	require.Error(t, b.srv.Start(), "a second Start is refused")
+	url := "http://" + b.srv.Addr() + "/healthz"
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, 200, resp.StatusCode)
+	require.NotEmpty(t, resp.Header.Get("X-Request-ID"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.srv.Shutdown(ctx))
+	_, err = http.Get(url)
+	require.Error(t, err, "no longer serving")
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	rec, err := outbox.New(outbox.Options{})
+	require.NoError(t, err)
+	deps := Deps{Pool: &pgxpool.Pool{}, Recorder: rec, Logger: slog.Default(), Registry: prometheus.NewRegistry()}
+	for field, mutate := range map[string]func(*Deps){
+		"Pool":     func(d *Deps) { d.Pool = nil },
+		"Recorder": func(d *Deps) { d.Recorder = nil },
+		"Logger":   func(d *Deps) { d.Logger = nil },
+		"Registry": func(d *Deps) { d.Registry = nil },
+	} {
+		d := deps
+		mutate(&d)
+		_, err := New(Config{}, d)
+		require.ErrorContains(t, err, field)
+	}
+	_, err = New(Config{MaxBatch: -1}, deps)
+	require.ErrorContains(t, err, "MaxBatch")
+	_, err = New(Config{ReadTimeout: -1}, deps)
+	require.ErrorContains(t, err, "ReadTimeout")
+	_, err = New(Config{TrustedProxies: []netip.Prefix{{}}}, deps)
+	require.ErrorContains(t, err, "TrustedProxies")
+	// The same registry can back a second server (e.g. tests, restarts).
+	_, err = New(Config{}, deps)
+	require.NoError(t, err)
+	_, err = New(Config{}, deps)
+	require.NoError(t, err)
+}
