@@ -27,6 +27,9 @@ func CanonicalObject(raw []byte) ([]byte, error) {
 	if !utf8.Valid(raw) {
 		return nil, errors.New("is not valid UTF-8")
 	}
+	if hasLoneSurrogate(raw) {
+		return nil, errors.New("has an unpaired UTF-16 surrogate escape")
+	}
 	if err := checkJSON(raw); err != nil {
 		return nil, err
 	}
@@ -181,4 +184,46 @@ func canonicalIDs(ids map[string][]string, single map[string]bool) ([]byte, erro
 		return nil, err
 	}
 	return jcs.Transform(raw)
+}
+
+// hasLoneSurrogate reports whether raw JSON escapes a UTF-16 surrogate
+// (\ud800-\udfff) that is not part of a pair. encoding/json would silently
+// turn one into U+FFFD; refusing it keeps stored text what was sent.
+func hasLoneSurrogate(raw []byte) bool {
+	hex4 := func(b []byte) (rune, bool) {
+		if len(b) < 4 {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(b[:4]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' || i+1 >= len(raw) {
+			continue
+		}
+		if raw[i+1] != 'u' {
+			i++ // skip the escaped character, which may itself be a backslash
+			continue
+		}
+		r, ok := hex4(raw[i+2:])
+		if !ok {
+			return false // not valid JSON; the parser reports it
+		}
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true
+		case r >= 0xD800 && r <= 0xDBFF:
+			j := i + 6
+			if j+1 < len(raw) && raw[j] == '\\' && raw[j+1] == 'u' {
+				if lo, ok := hex4(raw[j+2:]); ok && lo >= 0xDC00 && lo <= 0xDFFF {
+					i = j + 5
+					continue
+				}
+			}
+			return true
+		default:
+			i += 5
+		}
+	}
+	return false
 }

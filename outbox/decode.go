@@ -18,6 +18,9 @@ func DecodeEvent(data []byte) (Event, error) {
 	if !utf8.Valid(data) {
 		return e, invalid("event", "is not valid UTF-8")
 	}
+	if hasLoneSurrogate(data) {
+		return e, invalid("event", "has an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
+	}
 	var fields map[string]json.RawMessage
 	if err := strictUnmarshal(data, &fields); err != nil || fields == nil {
 		return e, invalid("event", "must be a JSON object")

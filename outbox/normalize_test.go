@@ -106,6 +106,7 @@ func TestNormaliseRules(t *testing.T) {
 		{"details too large", func(e *Event) { e.Details = map[string]string{"x": strings.Repeat("y", 32768)} }, "details"},
 		{"details huge number", func(e *Event) { e.Details = json.RawMessage(`{"n":1e400}`) }, "details"},
 		{"details trailing", func(e *Event) { e.Details = json.RawMessage(`{} {}`) }, "details"},
+		{"details lone surrogate", func(e *Event) { e.Details = json.RawMessage(`{"a":"\ud83d"}`) }, "details"},
 		{"details bad utf8", func(e *Event) { e.Details = json.RawMessage("{\"a\":\"\xff\"}") }, "details"},
 	}
 	r := testRecorder(t)
@@ -284,11 +285,29 @@ func TestDecodeEvent(t *testing.T) {
 		{`{"details": "x"}`, "details"},
 		{`{"unknown": 1}`, "unknown"},
 		{"{\"action\": \"a\xff.b\"}", "event"},
+		{`{"actor": {"type": "user", "name": "\ud800"}}`, "event"},
+		{`{"details": {"a": "\udc00x"}}`, "event"},
 	}
 	for _, tc := range bad {
 		_, err := DecodeEvent([]byte(tc.body))
 		ve, ok := AsValidationError(err)
 		require.True(t, ok, "%s: %v", tc.body, err)
 		require.Equal(t, tc.field, ve.Field, tc.body)
+	}
+}
+
+func TestLoneSurrogate(t *testing.T) {
+	t.Parallel()
+	cases := map[string]bool{
+		`{"a":"\ud83d\ude00"}`: false,
+		`{"a":"\\ud800"}`:      false, // an escaped backslash, then text
+		`{"a":"\\\ud800"}`:     true,
+		`{"a":"\ud800"}`:       true,
+		`{"a":"\udc00"}`:       true,
+		`{"a":"\ud800\u0041"}`: true,
+		`{"a":"\u00e9"}`:       false,
+	}
+	for in, want := range cases {
+		require.Equal(t, want, hasLoneSurrogate([]byte(in)), in)
 	}
 }
