@@ -1,0 +1,366 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// claimHeadSQL claims the oldest $1 outbox rows no other transaction holds
+// and returns their positions as one array, in order. Rows of uncommitted
+// business transactions are invisible, rows claimed by another relay are
+// skipped, so relays never wait for each other here.
+const claimHeadSQL = `
+SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
+FROM (
+    SELECT pos FROM audit_outbox
+    ORDER BY pos
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) claimed`
+
+// claimPositionsSQL claims the outbox rows at positions $1 that still exist
+// and no other transaction holds; used when a failed batch is split.
+const claimPositionsSQL = `
+SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
+FROM (
+    SELECT pos FROM audit_outbox
+    WHERE pos = ANY($1::bigint[])
+    FOR UPDATE SKIP LOCKED
+) claimed`
+
+// moveSQL moves the outbox rows at positions $1, which this transaction has
+// claimed, into audit_events. It reserves cardinality($1) seq values by
+// advancing the audit_seq row, whose lock is held until commit, so seq is
+// strictly increasing in commit order; within the batch seq follows pos.
+// An event already stored is skipped (its seq stays unused). Returns the
+// last reserved seq, the rows deleted from the outbox and the rows stored.
+//
+// The counter is read through a scalar subquery, not a join: the planner
+// knows nothing of audit_seq's one row, and a join estimated at thousands of
+// rows per event pushed the plan's cost past jit_above_cost, making each
+// move spend most of a second compiling. The result columns are evaluated
+// in order, so the counter is first read (and locked) only once the rows
+// are deleted and sorted, keeping the serialised part of a move short.
+const moveSQL = `
+WITH counter AS (
+    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
+    RETURNING last_seq
+), moved AS (
+    DELETE FROM audit_outbox
+    WHERE pos = ANY($1::bigint[])
+    RETURNING *
+), stored AS (
+    INSERT INTO audit_events (
+        seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+        actor_id, actor_email, actor_name, resource_type, resource_ids,
+        resource_ids_flat, source, ip, user_agent, request_id, details
+    )
+    SELECT (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY m.pos),
+           m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
+           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
+           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details
+    FROM moved m
+    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stored),
+       (SELECT count(*) FROM moved),
+       (SELECT last_seq FROM counter)`
+
+// occurredAtSQL reads the occurred_at of the outbox row at pos $1.
+const occurredAtSQL = `SELECT occurred_at FROM audit_outbox WHERE pos = $1`
+
+// deadLetterSQL sets the outbox row at pos $1 aside in audit_dead_letters
+// with the error text $2. It waits for a relay still holding the row: if
+// that relay moves it, there is nothing left to set aside.
+const deadLetterSQL = `
+WITH failed AS (
+    DELETE FROM audit_outbox WHERE pos = $1
+    RETURNING *
+)
+INSERT INTO audit_dead_letters (
+    pos, error, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+    actor_id, actor_email, actor_name, resource_type, resource_ids,
+    resource_ids_flat, source, ip, user_agent, request_id, details
+)
+SELECT pos, $2, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+       actor_id, actor_email, actor_name, resource_type, resource_ids,
+       resource_ids_flat, source, ip, user_agent, request_id, details
+FROM failed
+ON CONFLICT (pos) DO UPDATE
+SET error = EXCLUDED.error,
+    failed_at = now(),
+    attempts = audit_dead_letters.attempts + 1`
+
+// rollbackTimeout bounds a rollback, which runs even when the move's
+// context is already cancelled.
+const rollbackTimeout = 5 * time.Second
+
+// moveResult is the outcome of one move transaction.
+type moveResult struct {
+	// claimed are the positions this transaction claimed, in order; on a
+	// failed move they are released again.
+	claimed []int64
+	// lastSeq is the highest seq reserved; the range is
+	// lastSeq-len(claimed)+1 .. lastSeq.
+	lastSeq int64
+	// moved rows left the outbox; stored of them were inserted, the rest
+	// were already stored.
+	moved, stored int
+}
+
+// MoveOnce moves one batch (up to Config.BatchSize rows) and returns how many
+// outbox rows were moved into audit_events. Rows that cannot be stored are
+// set aside as dead letters, not counted. It is safe to call while the relay
+// runs; tests and benchmarks use it.
+func (r *Relay) MoveOnce(ctx context.Context) (moved int, err error) {
+	_, moved, err = r.moveBatch(ctx)
+	return moved, err
+}
+
+// moveBatch moves the head of the outbox, isolating rows that cannot be
+// stored. claimed is the size of the batch taken, so the loop knows whether
+// more is waiting.
+func (r *Relay) moveBatch(ctx context.Context) (claimed, moved int, err error) {
+	start := time.Now()
+	res, err := r.moveTx(ctx, nil)
+	claimed, moved = len(res.claimed), res.moved
+	if err != nil && isRowError(err) && len(res.claimed) > 0 {
+		// Some row of the batch cannot be stored: find it, move the rest.
+		r.log.Warn("relay: batch insert failed, splitting it to isolate the failing rows",
+			"rows", len(res.claimed), "first_pos", res.claimed[0], "error", err)
+		moved, err = r.salvage(ctx, res.claimed, err)
+	}
+	if r.metrics != nil && (claimed > 0 || err != nil) {
+		r.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			r.errors.Add(1)
+			if r.metrics != nil {
+				r.metrics.errors.Inc()
+			}
+		}
+		return claimed, moved, err
+	}
+	return claimed, moved, nil
+}
+
+// salvage moves what it can of positions, whose move together failed with
+// cause, by splitting them in halves, each moved in its own transaction, until
+// single failing rows remain; those go through moveOne.
+func (r *Relay) salvage(ctx context.Context, positions []int64, cause error) (moved int, err error) {
+	if len(positions) == 1 {
+		return r.moveOne(ctx, positions[0], cause)
+	}
+	half := len(positions) / 2
+	for _, part := range [][]int64{positions[:half], positions[half:]} {
+		res, err := r.moveTx(ctx, part)
+		moved += res.moved
+		if err == nil {
+			continue
+		}
+		if !isRowError(err) || len(res.claimed) == 0 {
+			return moved, err
+		}
+		n, err := r.salvage(ctx, res.claimed, err)
+		moved += n
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// moveOne handles the single row at pos whose move failed with cause: when
+// no partition holds its occurred_at and an ensurer is configured, it
+// creates one and retries; otherwise, or if that fails too, the row becomes
+// a dead letter.
+func (r *Relay) moveOne(ctx context.Context, pos int64, cause error) (moved int, err error) {
+	for attempt := 0; attempt < 2 && isMissingPartition(cause) && r.cfg.Partitions != nil; attempt++ {
+		var occurredAt time.Time
+		if err := r.pool.QueryRow(ctx, occurredAtSQL, pos).Scan(&occurredAt); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return 0, nil // moved or set aside by another relay meanwhile
+			}
+			return 0, fmt.Errorf("reading occurred_at of outbox row %d: %w", pos, err)
+		}
+		name, err := r.cfg.Partitions.EnsureFor(ctx, occurredAt)
+		if err != nil {
+			if isTransient(err) {
+				// Leave the row for the next attempt rather than set it
+				// aside over a passing problem.
+				return 0, fmt.Errorf("ensuring partition for outbox row %d: %w", pos, err)
+			}
+			cause = fmt.Errorf("%w; ensuring a partition for occurred_at %s failed: %w",
+				cause, occurredAt.UTC().Format(time.RFC3339Nano), err)
+			break
+		}
+		r.log.Info("relay: ensured partition for event", "pos", pos,
+			"occurred_at", occurredAt.UTC(), "partition", name)
+		res, err := r.moveTx(ctx, []int64{pos})
+		if err == nil {
+			return res.moved, nil
+		}
+		if !isRowError(err) {
+			return 0, err
+		}
+		cause = err
+	}
+	if err := r.deadLetter(ctx, pos, cause); err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+// deadLetter sets the outbox row at pos aside with cause's text.
+func (r *Relay) deadLetter(ctx context.Context, pos int64, cause error) error {
+	tag, err := r.pool.Exec(ctx, deadLetterSQL, pos, errorText(cause))
+	if err != nil {
+		return fmt.Errorf("moving outbox row %d to dead letters: %w", pos, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return nil // moved or set aside by another relay meanwhile
+	}
+	r.deadLettered.Add(1)
+	if r.metrics != nil {
+		r.metrics.deadLetters.Inc()
+	}
+	r.log.Error("relay: event moved to dead letters", "pos", pos, "error", cause)
+	return nil
+}
+
+// moveTx runs one move transaction over the head of the outbox (positions
+// nil) or over the given positions. On error the transaction is rolled back
+// and res.claimed still tells which rows it had claimed.
+func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, err error) {
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("beginning move transaction: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			_ = tx.Rollback(rctx)
+			cancel()
+		}
+	}()
+
+	if positions == nil {
+		err = tx.QueryRow(ctx, claimHeadSQL, r.cfg.BatchSize).Scan(&res.claimed)
+	} else {
+		err = tx.QueryRow(ctx, claimPositionsSQL, positions).Scan(&res.claimed)
+	}
+	if err != nil {
+		return res, fmt.Errorf("claiming outbox rows: %w", err)
+	}
+	if len(res.claimed) == 0 {
+		return res, tx.Commit(ctx)
+	}
+
+	var moved, stored int64
+	if err := tx.QueryRow(ctx, moveSQL, res.claimed).Scan(&stored, &moved, &res.lastSeq); err != nil {
+		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
+			len(res.claimed), res.claimed[0], err)
+	}
+	res.moved, res.stored = int(moved), int(stored)
+	if h := r.hooks.beforeCommit; h != nil {
+		if err := h(ctx, tx, res); err != nil {
+			return res, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, fmt.Errorf("committing move of %d outbox rows: %w", len(res.claimed), err)
+	}
+
+	r.batches.Add(1)
+	r.moved.Add(uint64(res.moved))
+	r.duplicates.Add(uint64(res.moved - res.stored))
+	r.lastSeq.Store(res.lastSeq)
+	if r.metrics != nil {
+		r.metrics.moved.Add(float64(res.moved))
+	}
+	if h := r.hooks.afterCommit; h != nil {
+		h(res)
+	}
+	return res, nil
+}
+
+// SQLSTATE classes of errors caused by a row's data rather than by the
+// database or the connection: data exception, integrity constraint
+// violation (including a missing partition), program limit exceeded (e.g.
+// an index entry too large).
+var rowErrorClasses = []string{"22", "23", "54"}
+
+// isRowError reports whether err says some row cannot be stored, so that
+// splitting the batch can isolate it. Anything else (connection lost,
+// timeout, cancellation, a broken schema) is retried as a whole later, so a
+// database problem never turns the outbox into dead letters.
+func isRowError(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
+		return false
+	}
+	for _, class := range rowErrorClasses {
+		if strings.HasPrefix(pgErr.Code, class) {
+			return true
+		}
+	}
+	return false
+}
+
+// isTransient reports whether err is likely to pass by itself: a cancelled
+// or timed-out context, a lost or refused connection, or a server error of
+// the classes connection exception (08), transaction rollback (40),
+// insufficient resources (53), object not in prerequisite state (55, e.g.
+// lock_timeout), operator intervention (57) or system error (58).
+func isTransient(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:min(2, len(pgErr.Code))] {
+		case "08", "40", "53", "55", "57", "58":
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err)
+}
+
+// checkViolation is SQLSTATE check_violation, which PostgreSQL also uses for
+// "no partition of relation ... found for row".
+const checkViolation = "23514"
+
+// isMissingPartition reports whether err is PostgreSQL's "no partition of
+// relation ... found for row". A real CHECK violation shares the SQLSTATE
+// but always names its constraint; this error names none, which holds
+// whatever the server's message language.
+func isMissingPartition(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != checkViolation {
+		return false
+	}
+	return pgErr.ConstraintName == "" || strings.Contains(pgErr.Message, "no partition of relation")
+}
+
+// errorText is what a dead letter records about cause: the message, with
+// the server's detail when there is one.
+func errorText(cause error) string {
+	text := cause.Error()
+	var pgErr *pgconn.PgError
+	if errors.As(cause, &pgErr) && pgErr.Detail != "" {
+		text += " (" + pgErr.Detail + ")"
+	}
+	return text
+}

@@ -1,0 +1,311 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults and limits of Config.
+const (
+	// BatchSizeDefault is the default of Config.BatchSize.
+	BatchSizeDefault = 1000
+	// BatchSizeMax bounds Config.BatchSize: one move is one transaction
+	// holding the seq counter, which every other relay waits for.
+	BatchSizeMax = 100_000
+	// PollIntervalDefault is the default of Config.PollInterval.
+	PollIntervalDefault = 200 * time.Millisecond
+	// PollIntervalMin bounds Config.PollInterval from below.
+	PollIntervalMin = time.Millisecond
+)
+
+// Backoff after a failed move: doubling from backoffMin up to backoffMax.
+const (
+	backoffMin = 100 * time.Millisecond
+	backoffMax = 5 * time.Second
+)
+
+// PartitionEnsurer creates the audit_events partition holding an instant.
+// app/partitions' *Maintainer implements it.
+type PartitionEnsurer interface {
+	// EnsureFor makes sure a partition holds t and returns its name.
+	EnsureFor(ctx context.Context, t time.Time) (string, error)
+}
+
+// Config configures a Relay. Zero values take the defaults.
+type Config struct {
+	// BatchSize is the most outbox rows moved in one transaction.
+	// Default 1000; at most BatchSizeMax.
+	BatchSize int
+	// PollInterval is how long the relay waits after a partial batch before
+	// looking again, unless Wake is called sooner. Default 200ms; at least
+	// 1ms.
+	PollInterval time.Duration
+	// Partitions creates a missing audit_events partition when an event's
+	// occurred_at has none. Optional: without it such an event goes to the
+	// dead letters.
+	Partitions PartitionEnsurer
+	// Logger receives the relay's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer, when set, receives the relay's metrics (see the package
+	// doc). Optional.
+	Registerer prometheus.Registerer
+}
+
+// withDefaults returns c with defaults applied, or an error naming the
+// first invalid field.
+func (c Config) withDefaults() (Config, error) {
+	if c.BatchSize == 0 {
+		c.BatchSize = BatchSizeDefault
+	}
+	if c.BatchSize < 1 || c.BatchSize > BatchSizeMax {
+		return c, fmt.Errorf("relay: BatchSize must be between 1 and %d, got %d", BatchSizeMax, c.BatchSize)
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = PollIntervalDefault
+	}
+	if c.PollInterval < PollIntervalMin {
+		return c, fmt.Errorf("relay: PollInterval must be at least %s, got %s", PollIntervalMin, c.PollInterval)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// Stats are a Relay's counters since New.
+type Stats struct {
+	// Batches is the number of move transactions committed.
+	Batches uint64
+	// Moved is the number of outbox rows moved into audit_events,
+	// duplicates included.
+	Moved uint64
+	// Duplicates is the number of moved rows whose event was already
+	// stored (ON CONFLICT DO NOTHING), so stored once.
+	Duplicates uint64
+	// DeadLettered is the number of rows set aside in audit_dead_letters.
+	DeadLettered uint64
+	// Errors is the number of failed move attempts (retried later).
+	Errors uint64
+	// LastSeq is the highest seq reserved by this relay's last committed
+	// move, or 0.
+	LastSeq int64
+}
+
+// Relay moves events from audit_outbox to audit_events. Create it with New.
+type Relay struct {
+	pool    *pgxpool.Pool
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics // nil without Config.Registerer
+
+	// wake holds at most one pending nudge, so Wake never blocks and
+	// nudges during a batch coalesce into one more poll.
+	wake chan struct{}
+
+	mu  sync.Mutex
+	run *runState // the running loop, nil when stopped
+
+	batches, moved, duplicates, deadLettered, errors atomic.Uint64
+	lastSeq                                          atomic.Int64
+
+	// hooks lets tests observe and interfere with moves; zero in production.
+	hooks testHooks
+}
+
+// testHooks are called by the move transaction when set.
+type testHooks struct {
+	// beforeCommit runs after the move statement, before COMMIT; an error
+	// aborts the move.
+	beforeCommit func(ctx context.Context, tx pgx.Tx, b moveResult) error
+	// afterCommit runs once a move has committed.
+	afterCommit func(b moveResult)
+}
+
+// runState is one run of the loop, from Start until it exits.
+type runState struct {
+	stop     chan struct{} // closed by Stop: finish the batch in flight, then exit
+	stopOnce sync.Once
+	cancel   context.CancelFunc // aborts the batch in flight
+	done     chan struct{}      // closed when the loop has exited
+}
+
+// New returns a Relay moving rows with pool, cfg validated and defaulted.
+func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
+	if pool == nil {
+		return nil, errors.New("relay: pool is nil")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		pool: pool,
+		cfg:  cfg,
+		log:  cfg.Logger,
+		wake: make(chan struct{}, 1),
+	}
+	if cfg.Registerer != nil {
+		m, err := newMetrics(cfg.Registerer, pool, cfg.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("relay: registering metrics with Registerer: %w", err)
+		}
+		r.metrics = m
+	}
+	return r, nil
+}
+
+// Start runs the relay loop in a goroutine until Stop is called or ctx is
+// done. Cancelling ctx aborts the batch in flight (it is rolled back and
+// moved later); Stop lets it finish. A stopped Relay may be started again.
+func (r *Relay) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("relay: starting: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.run != nil {
+		return errors.New("relay: already started")
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	st := &runState{stop: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	r.run = st
+	go r.loop(runCtx, st)
+	r.log.Info("relay: started", "batch_size", r.cfg.BatchSize, "poll_interval", r.cfg.PollInterval)
+	return nil
+}
+
+// Stop asks the loop to exit after the batch in flight and waits for it.
+// If ctx ends first, the batch in flight is aborted (rolled back, so nothing
+// is lost), and Stop returns ctx's error once the loop has exited. Stop on a
+// Relay that is not running returns nil.
+func (r *Relay) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	st := r.run
+	r.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	st.stopOnce.Do(func() { close(st.stop) })
+	var err error
+	select {
+	case <-st.done:
+	case <-ctx.Done():
+		st.cancel()
+		<-st.done
+		err = fmt.Errorf("relay: stopping: %w", ctx.Err())
+	}
+	st.cancel()
+	return err
+}
+
+// Wake nudges the loop to look at the outbox now instead of at the end of
+// its poll interval. It never blocks; calls while a batch is in flight
+// coalesce into one more look.
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{
+		Batches:      r.batches.Load(),
+		Moved:        r.moved.Load(),
+		Duplicates:   r.duplicates.Load(),
+		DeadLettered: r.deadLettered.Load(),
+		Errors:       r.errors.Load(),
+		LastSeq:      r.lastSeq.Load(),
+	}
+}
+
+// loop is the relay goroutine.
+func (r *Relay) loop(ctx context.Context, st *runState) {
+	defer func() {
+		r.log.Info("relay: stopped")
+		r.mu.Lock()
+		if r.run == st {
+			r.run = nil
+		}
+		r.mu.Unlock()
+		close(st.done)
+	}()
+	failures := 0
+	for {
+		select {
+		case <-st.stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		claimed, _, err := r.moveBatch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				// Cancelled mid-batch: rolled back, nothing to report.
+				return
+			}
+			failures++
+			delay := backoff(failures)
+			r.log.Error("relay: moving outbox batch failed",
+				"error", err, "consecutive_failures", failures, "retry_in", delay)
+			if !r.wait(ctx, st, delay, false) {
+				return
+			}
+			continue
+		}
+		if failures > 0 {
+			r.log.Info("relay: recovered", "consecutive_failures", failures)
+			failures = 0
+		}
+		if claimed >= r.cfg.BatchSize {
+			continue // more is waiting
+		}
+		if !r.wait(ctx, st, r.cfg.PollInterval, true) {
+			return
+		}
+	}
+}
+
+// wait sleeps for d, or until Wake when wakeable. It reports false when the
+// loop must exit.
+func (r *Relay) wait(ctx context.Context, st *runState, d time.Duration, wakeable bool) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	var wake <-chan struct{}
+	if wakeable {
+		wake = r.wake
+	}
+	select {
+	case <-timer.C:
+		return true
+	case <-wake:
+		return true
+	case <-st.stop:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// backoff returns the delay after the n-th consecutive failure: doubling
+// from backoffMin, capped at backoffMax, with jitter so that relays of
+// several processes do not retry in step.
+func backoff(n int) time.Duration {
+	d := backoffMax
+	if n <= 6 { // 100ms << 6 = 6.4s, already past the cap
+		d = min(backoffMin<<(n-1), backoffMax)
+	}
+	return d/2 + rand.N(d/2+1)
+}
