@@ -90,6 +90,7 @@ type Config struct {
 	Events    Events    `yaml:"events"`
 	Export    Export    `yaml:"export"`
 	Log       Log       `yaml:"log"`
+	Slack     Slack     `yaml:"slack"`
 }
 
 // Database is the database section.
@@ -183,6 +184,15 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is the log line format: "json" or "text". Default: "json".
 	Format string `yaml:"format"`
+}
+
+// Slack is the slack section, for the in-app Slack interactions endpoint
+// (not part of the v1 contract's list; follows its rules).
+type Slack struct {
+	// SigningSecret verifies X-Slack-Signature on POST /slack/interactions.
+	// Empty disables the endpoint (it answers 404). Default: "".
+	// Prefer AUDITLOG_SLACK_SIGNING_SECRET over writing it in the file.
+	SigningSecret string `yaml:"signing_secret"`
 }
 
 // Default returns the built-in defaults; they pass Validate.

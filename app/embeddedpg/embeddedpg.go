@@ -144,6 +144,7 @@ func (c Config) validate() error {
 
 // Cluster is a running local PostgreSQL server.
 type Cluster struct {
+	adopted bool // the server was already running when Start was called
 	dataDir string
 	port    int
 	binDir  string
@@ -227,6 +228,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		if err := c.adoptRunning(); err != nil {
 			return err
 		}
+		c.adopted = true
 	} else if err := c.startServer(ctx); err != nil {
 		return err
 	}
@@ -408,6 +410,12 @@ func (c *Cluster) ensureDatabase(ctx context.Context) error {
 	c.logger.Info("embeddedpg: created database", slog.String("database", DatabaseName))
 	return nil
 }
+
+// Adopted reports whether Start found the server already running (started
+// by another process, or left by a crashed one) instead of starting it.
+// A short-lived command that adopted a server must not stop it: a running
+// `auditlog serve` may be using it.
+func (c *Cluster) Adopted() bool { return c.adopted }
 
 // Stop shuts the server down in fast mode (open transactions are rolled
 // back, clients disconnected) and waits for it to exit. It stops the server

@@ -1,0 +1,18 @@
+package app
+
+import (
+	"context"
+
+	"github.com/auditlog/auditlog/app/bench"
+)
+
+// runBench runs `auditlog bench`: against database.url, or the embedded
+// cluster when it is empty. The bench makes its own scratch database there.
+func runBench(ctx context.Context, e *env, args []string) error {
+	db, err := openDatabase(ctx, e.cfg, e.logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close(context.Background())
+	return bench.Run(ctx, args, bench.Options{DatabaseURL: db.URL, Logger: e.logger}, e.stdout, e.stderr)
+}

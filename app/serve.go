@@ -1,0 +1,160 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/auditlog/auditlog/api"
+	"github.com/auditlog/auditlog/api/events"
+	"github.com/auditlog/auditlog/app/partitions"
+	"github.com/auditlog/auditlog/modules"
+	"github.com/auditlog/auditlog/outbox"
+	"github.com/auditlog/auditlog/outbox/relay"
+)
+
+// shutdownTimeout bounds the whole graceful shutdown: draining HTTP, the
+// relay's batch in flight, the automation runner and the cron job.
+const shutdownTimeout = 30 * time.Second
+
+func (e *env) recorder() (*outbox.Recorder, error) {
+	return outbox.New(outbox.Options{
+		NullIPSources:   e.cfg.Events.NullIPSources,
+		MaxDetailsBytes: e.cfg.Events.MaxDetailsBytes,
+		RetentionDays:   e.cfg.Retention.Days,
+	})
+}
+
+// runServe runs the HTTP API, the relay, partition maintenance and the
+// in-app modules until SIGINT/SIGTERM, then stops them in dependency order:
+// stop accepting and drain HTTP, stop the automation runner, let the relay
+// finish its batch, stop cron, close the pool, stop the embedded database.
+func runServe(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 {
+		return usagef("serve takes no arguments, got %q", args[0])
+	}
+	log := e.logger
+	log.Info("auditlog: starting", "version", Version)
+
+	db, err := openDatabase(ctx, e.cfg, log)
+	if err != nil {
+		return err
+	}
+	db.ownsEmbedded = true
+	defer db.Close(context.Background())
+	n, err := db.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("auditlog: migrations applied", "applied", n)
+
+	rec, err := e.recorder()
+	if err != nil {
+		return err
+	}
+	outbox.SetDefault(rec)
+	reg := prometheus.NewRegistry()
+
+	maint, err := partitions.New(db.Pool, partitions.Config{
+		Interval:      e.cfg.Retention.PartitionInterval,
+		RetentionDays: e.cfg.Retention.Days,
+		Premake:       e.cfg.Retention.Premake,
+		Logger:        log,
+		Registerer:    reg,
+	})
+	if err != nil {
+		return err
+	}
+	// Start runs ensure + prune once now, so partitions exist before the
+	// relay's first move, then on retention.schedule.
+	if err := maint.Start(ctx, e.cfg.Retention.Schedule); err != nil {
+		return fmt.Errorf("starting partition maintenance: %w", err)
+	}
+	defer maint.Stop(context.Background())
+
+	rl, err := relay.New(db.Pool, relay.Config{
+		BatchSize:    e.cfg.Relay.BatchSize,
+		PollInterval: e.cfg.Relay.PollInterval,
+		Partitions:   maint,
+		Logger:       log,
+		Registerer:   reg,
+	})
+	if err != nil {
+		return err
+	}
+	// The relay outlives the request context so a signal lets it finish
+	// its batch; Stop below ends it.
+	if err := rl.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("starting relay: %w", err)
+	}
+	relayStopped := false
+	stopRelay := func() {
+		if relayStopped {
+			return
+		}
+		relayStopped = true
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if err := rl.Stop(sctx); err != nil {
+			log.Error("auditlog: stopping relay", "error", err)
+		}
+	}
+	defer stopRelay()
+
+	evh, err := events.New(db.Pool, events.Config{
+		CSVFormulaGuard: e.cfg.Export.CSVFormulaGuard,
+		Recorder:        rec,
+		Logger:          log,
+		Registerer:      reg,
+	})
+	if err != nil {
+		return err
+	}
+	mods, err := modules.New(db.Pool, log, modules.Config{SlackSigningSecret: e.cfg.Slack.SigningSecret})
+	if err != nil {
+		return err
+	}
+	if err := mods.Start(context.WithoutCancel(ctx)); err != nil {
+		return fmt.Errorf("starting modules: %w", err)
+	}
+	defer mods.Stop()
+
+	srv, err := api.New(api.Config{
+		Addr:           e.cfg.HTTP.Addr,
+		TrustedProxies: e.cfg.TrustedProxyPrefixes(),
+		MaxBatch:       e.cfg.Ingest.MaxBatch,
+		MaxBodyBytes:   e.cfg.Ingest.MaxBodyBytes,
+	}, api.Deps{
+		Pool:     db.Pool,
+		Recorder: rec,
+		Logger:   log,
+		Registry: reg,
+		Waker:    rl,
+		V1:       []func(*gin.RouterGroup){evh.Register},
+		Mount: []func(gin.IRouter){func(r gin.IRouter) {
+			mods.Register(r.Group(""))
+		}},
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("starting HTTP server on %s: %w", e.cfg.HTTP.Addr, err)
+	}
+	log.Info("auditlog: serving", "addr", srv.Addr())
+
+	<-ctx.Done()
+	log.Info("auditlog: shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Error("auditlog: draining HTTP", "error", err)
+	}
+	mods.Stop()
+	stopRelay()
+	log.Info("auditlog: stopped")
+	return nil
+}
