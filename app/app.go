@@ -35,7 +35,8 @@ Usage:
   auditlog keys revoke ID
   auditlog export --workspace W [filters] [-o FILE]
   auditlog partitions list | ensure | prune [--dry-run]
-  auditlog deadletters list | retry [--all | ID ...]
+  auditlog deadletters list | retry [--all | POS ...]
+  auditlog members invite --workspace W --email E [--role owner] [--name N] [--slack-user U]
   auditlog bench [pipeline|ingest|query|export|all] [flags]
   auditlog version
 
@@ -97,6 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"partitions":  runPartitions,
 		"deadletters": runDeadLetters,
 		"bench":       runBench,
+		"members":     runMembers,
 	}
 	fn, ok := commands[cmd]
 	if !ok {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -13,6 +14,9 @@ import (
 	"github.com/auditlog/auditlog/api/auth"
 	"github.com/auditlog/auditlog/app/exportcmd"
 	"github.com/auditlog/auditlog/app/partitions"
+	"github.com/auditlog/auditlog/modules/members"
+	"github.com/auditlog/auditlog/modules/session"
+	"github.com/auditlog/auditlog/outbox"
 	"github.com/auditlog/auditlog/outbox/relay"
 )
 
@@ -219,4 +223,53 @@ func runDeadLetters(ctx context.Context, e *env, args []string) error {
 	default:
 		return usagef("unknown deadletters command %q", sub)
 	}
+}
+
+// runMembers adds a member to the in-app helpdesk, typically a workspace's
+// first owner, who can then invite the others over HTTP. The event names
+// the operator's command as a system actor.
+func runMembers(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 || args[0] != "invite" {
+		return usagef("members needs invite")
+	}
+	fs := newFlagSet("members invite", e.stderr)
+	ws := fs.String("workspace", "", "workspace (required)")
+	email := fs.String("email", "", "member's email (required)")
+	name := fs.String("name", "", "member's name")
+	role := fs.String("role", "owner", "owner, admin, agent or viewer")
+	slackUser := fs.String("slack-user", "", "the member's Slack user id, for Slack interactions")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *ws == "" || *email == "" || fs.NArg() > 0 {
+		return usagef("members invite needs --workspace and --email")
+	}
+	return withDatabase(ctx, e, func(db *database) error {
+		rec, err := e.recorder()
+		if err != nil {
+			return err
+		}
+		outbox.SetDefault(rec)
+		actx := outbox.WithActor(ctx, outbox.Actor{Type: outbox.ActorSystem, ID: "auditlog-cli", Name: cliUser()})
+		actx = outbox.WithRequestInfo(actx, outbox.RequestInfo{WorkspaceID: *ws, Source: "system"})
+		inv, err := members.Invite(actx, db.Pool, *ws, members.NewMember{
+			Email: *email, Name: *name, Role: session.Role(*role), SlackUserID: *slackUser,
+		})
+		if err != nil {
+			return fmt.Errorf("inviting member: %w", err)
+		}
+		fmt.Fprintf(e.stderr, "member %s (%s) in %s; the token is shown once:\n", inv.Member.ID, inv.Member.Email, *ws)
+		fmt.Fprintln(e.stdout, inv.Token)
+		return nil
+	})
+}
+
+// cliUser names the operating-system user running a command, for the
+// actor of events the command records; empty (no name) when it cannot be
+// told, rather than a placeholder.
+func cliUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }
