@@ -99,7 +99,14 @@ func fmtTime(t *time.Time) string {
 
 func runExport(ctx context.Context, e *env, args []string) error {
 	return withDatabase(ctx, e, func(db *database) error {
-		return exportcmd.Run(ctx, db.Pool, args, e.stdout, e.stderr)
+		rec, err := e.recorder()
+		if err != nil {
+			return err
+		}
+		return exportcmd.RunWith(ctx, db.Pool, exportcmd.Options{
+			CSVFormulaGuard: e.cfg.Export.CSVFormulaGuard,
+			Recorder:        rec,
+		}, args, e.stdout, e.stderr)
 	})
 }
 

@@ -1,0 +1,183 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/auditlog/auditlog/api/auth"
+	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/outbox"
+)
+
+// Query parameters of the routes besides the filters.
+const (
+	paramLimit     = "limit"
+	paramCursor    = "cursor"
+	paramFormat    = "format"
+	paramWorkspace = "workspace_id"
+)
+
+// Page sizes of GET /v1/events.
+const (
+	LimitDefault = 100
+	LimitMax     = 1000
+)
+
+// Config configures the handlers.
+type Config struct {
+	// CSVFormulaGuard prefixes export cells that a spreadsheet would run as
+	// a formula with '. The application passes export.csv_formula_guard,
+	// whose default is true; the zero value here means off.
+	CSVFormulaGuard bool
+	// Recorder records the audit_log.export event of each export. Default
+	// outbox.Default().
+	Recorder *outbox.Recorder
+	// Logger receives handler errors. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the auditlog_export_rows_total counter. Nil
+	// leaves the counter unregistered (still counted, never exposed).
+	Registerer prometheus.Registerer
+}
+
+// Handlers serves GET /v1/events and GET /v1/events/export.
+type Handlers struct {
+	pool       *pgxpool.Pool
+	cfg        Config
+	log        *slog.Logger
+	keys       *cursorKeys
+	exportRows prometheus.Counter
+}
+
+// New returns the handlers reading from pool.
+func New(pool *pgxpool.Pool, cfg Config) (*Handlers, error) {
+	if pool == nil {
+		return nil, errors.New("events: pool is required")
+	}
+	if cfg.Recorder == nil {
+		cfg.Recorder = outbox.Default()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	rows := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "auditlog_export_rows_total",
+		Help: "Rows written by CSV exports (complete and interrupted).",
+	})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(rows); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("events: registering auditlog_export_rows_total: %w", err)
+			}
+			// A second Handlers on the same registry shares the counter.
+			existing, ok := are.ExistingCollector.(prometheus.Counter)
+			if !ok {
+				return nil, fmt.Errorf("events: auditlog_export_rows_total is registered as another type: %w", err)
+			}
+			rows = existing
+		}
+	}
+	return &Handlers{
+		pool:       pool,
+		cfg:        cfg,
+		log:        cfg.Logger,
+		keys:       &cursorKeys{pool: pool},
+		exportRows: rows,
+	}, nil
+}
+
+// Register adds GET /events and GET /events/export to v1, which must run the
+// authentication middleware; both need the events:read scope.
+func (h *Handlers) Register(v1 *gin.RouterGroup) {
+	v1.GET("/events", auth.Require(auth.ScopeRead), h.query)
+	v1.GET("/events/export", auth.Require(auth.ScopeRead), h.export)
+}
+
+// request is what both routes read from the query string.
+type request struct {
+	key     auth.Key
+	filters Filters
+	// own holds the route's own non-filter parameters (limit, cursor,
+	// format), each given at most once.
+	own map[string]string
+}
+
+// parseRequest checks the key, the workspace and the query string. ownParams
+// are the route's parameters besides the filters. It answers the error and
+// returns false when the request cannot proceed.
+func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
+	key, ok := auth.KeyFrom(c)
+	if !ok {
+		httperr.Abort(c, http.StatusUnauthorized, httperr.CodeUnauthenticated, "an API key is required: Authorization: Bearer <key>", "")
+		return request{}, false
+	}
+	// URL.Query would silently drop a malformed pair (e.g. one with a raw
+	// ';'), widening the query; refuse it instead.
+	q, err := url.ParseQuery(c.Request.URL.RawQuery)
+	if err != nil {
+		badParam(c, "", "malformed query string: "+err.Error())
+		return request{}, false
+	}
+	// The workspace always comes from the key; naming another one is a
+	// 403 rather than silently answering for the key's own.
+	for _, ws := range q[paramWorkspace] {
+		if !auth.SameWorkspace(c, paramWorkspace, ws) {
+			return request{}, false
+		}
+	}
+	var f Filters
+	filterVals := url.Values{}
+	own := map[string]string{}
+	for k, vs := range q {
+		switch {
+		case k == paramWorkspace:
+		case slices.Contains(ownParams, k):
+			if len(vs) != 1 {
+				badParam(c, k, "must be given once")
+				return request{}, false
+			}
+			own[k] = vs[0]
+		default:
+			filterVals[k] = vs
+		}
+	}
+	f, err = ParseFilters(filterVals)
+	if err != nil {
+		var pe *ParamError
+		if errors.As(err, &pe) {
+			badParam(c, pe.Param, pe.Message)
+		} else {
+			badParam(c, "", err.Error())
+		}
+		return request{}, false
+	}
+	return request{key: key, filters: f, own: own}, true
+}
+
+func badParam(c *gin.Context, param, msg string) {
+	if param != "" {
+		msg = param + ": " + msg
+	}
+	httperr.Abort(c, http.StatusBadRequest, httperr.CodeInvalid, msg, param)
+}
+
+// parseLimit reads limit, LimitDefault when absent.
+func parseLimit(s string, present bool) (int, error) {
+	if !present {
+		return LimitDefault, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > LimitMax {
+		return 0, fmt.Errorf("must be an integer from 1 to %d", LimitMax)
+	}
+	return n, nil
+}

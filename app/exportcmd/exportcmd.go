@@ -1,0 +1,297 @@
+// Package exportcmd is `auditlog export`: the CSV export of package events,
+// run from the command line straight against the database, with progress on
+// stderr.
+//
+//	auditlog export --workspace W [--actor-email E]... [--actor-id I]...
+//	    [--action A]... [--resource-type T]... [--source S]...
+//	    [--from RFC3339] [--to RFC3339] [-o FILE]
+//
+// Filters are those of GET /v1/events/export and are validated the same way;
+// repeat a flag to match any of its values. The CSV goes to FILE (written to
+// a temporary file beside it and renamed into place only when complete, so
+// FILE is never a truncated export) or to stdout. On a terminal, progress
+// (rows, bytes, rate) is redrawn on stderr every second; a summary line is
+// always printed.
+//
+// Like every export, a run is recorded as an audit_log.export event in the
+// workspace: actor {type: service, id: auditlog-cli, name: the OS user
+// running the command}, source "cli" (the command runs on the server, so no
+// client address applies and ip is null). An interrupted run (Ctrl-C) is
+// recorded with complete=false. If the event cannot be recorded, the
+// command fails and FILE is not written.
+package exportcmd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/term"
+
+	"github.com/auditlog/auditlog/api/events"
+	"github.com/auditlog/auditlog/outbox"
+)
+
+// Actor of the export events the command records.
+const (
+	ActorID = "auditlog-cli"
+	Source  = "cli"
+)
+
+// Options configure RunWith.
+type Options struct {
+	// CSVFormulaGuard is export.csv_formula_guard (default true in the
+	// configuration; Run passes true).
+	CSVFormulaGuard bool
+	// Recorder records the export event. Default outbox.Default().
+	Recorder *outbox.Recorder
+
+	// progressEvery is the progress redraw interval; default one second.
+	progressEvery time.Duration
+	// forceProgress draws progress even when stderr is not a terminal
+	// (tests).
+	forceProgress bool
+}
+
+// recordTimeout bounds recording the export event, which also runs after an
+// interrupt cancelled ctx.
+const recordTimeout = 10 * time.Second
+
+// Run is RunWith with the formula guard on and the default recorder.
+func Run(ctx context.Context, pool *pgxpool.Pool, args []string, stdout, stderr io.Writer) error {
+	return RunWith(ctx, pool, Options{CSVFormulaGuard: true}, args, stdout, stderr)
+}
+
+// multi is a repeatable string flag.
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
+
+// flagParams maps each filter flag to its query parameter.
+var flagParams = []struct{ flag, param, usage string }{
+	{"actor-email", events.ParamActorEmail, "actor email (repeatable)"},
+	{"actor-id", events.ParamActorID, "actor id (repeatable)"},
+	{"action", events.ParamAction, "action, or prefix ending in * such as ticket.* (repeatable)"},
+	{"resource-type", events.ParamResourceType, "resource type (repeatable)"},
+	{"source", events.ParamSource, "source (repeatable)"},
+}
+
+// RunWith parses args, exports and records the export.
+func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []string, stdout, stderr io.Writer) error {
+	if pool == nil {
+		return errors.New("export: pool is required")
+	}
+	if opts.Recorder == nil {
+		opts.Recorder = outbox.Default()
+	}
+	if opts.progressEvery <= 0 {
+		opts.progressEvery = time.Second
+	}
+
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	workspace := fs.String("workspace", "", "workspace to export (required)")
+	out := fs.String("o", "", "write the CSV to `FILE` instead of stdout")
+	from := fs.String("from", "", "inclusive lower bound of occurred_at (RFC 3339)")
+	to := fs.String("to", "", "exclusive upper bound of occurred_at (RFC 3339)")
+	// --config is read by the caller before dispatching; accepted here so it
+	// may stand among the command's own flags.
+	fs.String("config", "", "configuration file (read by auditlog itself)")
+	lists := make([]multi, len(flagParams))
+	for i, fp := range flagParams {
+		fs.Var(&lists[i], fp.flag, fp.usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("export: unexpected argument %q", fs.Arg(0))
+	}
+	if *workspace == "" {
+		return errors.New("export: --workspace is required")
+	}
+	if !events.ValidWorkspace(*workspace) {
+		return fmt.Errorf("export: --workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
+	}
+
+	v := url.Values{}
+	for i, fp := range flagParams {
+		if len(lists[i]) > 0 {
+			v[fp.param] = lists[i]
+		}
+	}
+	if *from != "" {
+		v.Set(events.ParamFrom, *from)
+	}
+	if *to != "" {
+		v.Set(events.ParamTo, *to)
+	}
+	filters, err := events.ParseFilters(v)
+	if err != nil {
+		var pe *events.ParamError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("export: --%s: %s", strings.ReplaceAll(pe.Param, "_", "-"), pe.Message)
+		}
+		return fmt.Errorf("export: %w", err)
+	}
+
+	var dest io.Writer = stdout
+	var tmp *os.File
+	if *out != "" && *out != "-" {
+		tmp, err = os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".*.partial")
+		if err != nil {
+			return fmt.Errorf("export: creating output file: %w", err)
+		}
+		defer func() {
+			if tmp != nil { // not renamed into place: discard
+				_ = tmp.Close()
+				_ = os.Remove(tmp.Name())
+			}
+		}()
+		dest = tmp
+	}
+
+	buf := bufio.NewWriterSize(dest, 64<<10)
+	cw := &events.CountingWriter{W: buf}
+	began := time.Now()
+	stopProgress := startProgress(stderr, cw, began, opts)
+
+	rows, exportErr := export(ctx, pool, *workspace, filters, opts.CSVFormulaGuard, cw)
+	if exportErr == nil {
+		if err := buf.Flush(); err != nil {
+			exportErr = fmt.Errorf("writing output: %w", err)
+		}
+	}
+	stopProgress()
+	complete := exportErr == nil
+	if !complete {
+		rows = cw.Rows()
+	}
+
+	if err := record(ctx, pool, opts.Recorder, *workspace, filters, rows, complete); err != nil {
+		return errors.Join(exportErr, fmt.Errorf("export: recording the export event: %w", err))
+	}
+	if exportErr != nil {
+		fmt.Fprintf(stderr, "export failed after %d rows (%s): %v\n", rows, humanBytes(cw.Bytes()), exportErr)
+		return fmt.Errorf("export: %w", exportErr)
+	}
+
+	target := "stdout"
+	if tmp != nil {
+		if err := tmp.Sync(); err != nil {
+			return fmt.Errorf("export: syncing output file: %w", err)
+		}
+		if err := tmp.Close(); err != nil {
+			return fmt.Errorf("export: closing output file: %w", err)
+		}
+		if err := os.Rename(tmp.Name(), *out); err != nil {
+			_ = os.Remove(tmp.Name())
+			tmp = nil
+			return fmt.Errorf("export: moving output into place: %w", err)
+		}
+		tmp = nil
+		target = *out
+	}
+	elapsed := time.Since(began)
+	fmt.Fprintf(stderr, "exported %d rows (%s) in %s to %s\n", rows, humanBytes(cw.Bytes()), elapsed.Round(time.Millisecond), target)
+	return nil
+}
+
+// export runs events.Export on a pooled connection.
+func export(ctx context.Context, pool *pgxpool.Pool, workspace string, f events.Filters, guard bool, w io.Writer) (int64, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("connecting to the database: %w", err)
+	}
+	defer conn.Release()
+	return events.Export(ctx, conn.Conn(), workspace, f, guard, w)
+}
+
+// record writes the audit_log.export event in its own transaction.
+func record(ctx context.Context, pool *pgxpool.Pool, rec *outbox.Recorder, workspace string, f events.Filters, rows int64, complete bool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	e := events.ExportEvent(workspace, f, rows, complete)
+	e.Actor = outbox.Actor{Type: outbox.ActorService, ID: ActorID, Name: osUser()}
+	e.Source = Source
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return rec.Record(ctx, tx, e)
+	})
+}
+
+// osUser names the operating-system user running the command, "" if unknown.
+func osUser() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return os.Getenv("USER")
+}
+
+// startProgress redraws a progress line on stderr every opts.progressEvery
+// while stderr is a terminal; the returned func stops it and clears the
+// line.
+func startProgress(stderr io.Writer, cw *events.CountingWriter, began time.Time, opts Options) func() {
+	if !opts.forceProgress && !isTerminal(stderr) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(opts.progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprint(stderr, "\r\033[K")
+				return
+			case <-t.C:
+				fmt.Fprintf(stderr, "\r\033[K%s", progressLine(cw.Rows(), cw.Bytes(), time.Since(began)))
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+func progressLine(rows, bytes int64, elapsed time.Duration) string {
+	rate := 0.0
+	if s := elapsed.Seconds(); s > 0 {
+		rate = float64(rows) / s
+	}
+	return fmt.Sprintf("%d rows, %s, %.0f rows/s", rows, humanBytes(bytes), rate)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
