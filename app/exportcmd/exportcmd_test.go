@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -211,13 +212,18 @@ func TestRunRefusesBadArguments(t *testing.T) {
 }
 
 // cancelOnWrite cancels the run's context on the first write reaching
-// stdout, as a Ctrl-C in the middle of an export would.
+// stdout, as a Ctrl-C in the middle of an export would. Later writes fail
+// as a closed pipe would, so the rows that reach stdout are only the first
+// chunk's, however quickly the server had sent the rest.
 type cancelOnWrite struct {
 	cancel context.CancelFunc
 	n      int
 }
 
 func (c *cancelOnWrite) Write(p []byte) (int, error) {
+	if c.n > 0 {
+		return 0, errors.New("stdout closed")
+	}
 	c.cancel()
 	c.n += len(p)
 	return len(p), nil
