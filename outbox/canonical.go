@@ -1,18 +1,10 @@
 package outbox
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"math"
 	"sort"
 	"strconv"
 	"strings"
-	"unicode/utf8"
-
-	"github.com/gowebpki/jcs"
 )
 
 // MaxJSONDepth bounds the nesting of details objects; deeper input is refused
@@ -20,92 +12,12 @@ import (
 const MaxJSONDepth = 32
 
 // CanonicalObject checks that raw is one JSON object (valid UTF-8, no
-// duplicate keys, nesting at most MaxJSONDepth, numbers representable as
-// IEEE doubles) and returns its RFC 8785 canonical form. The same logical
-// object always yields the same bytes.
+// duplicate keys, no unpaired surrogate escapes, nesting at most
+// MaxJSONDepth, numbers representable as IEEE doubles) and returns its
+// RFC 8785 canonical form. The same logical object always yields the same
+// bytes.
 func CanonicalObject(raw []byte) ([]byte, error) {
-	if !utf8.Valid(raw) {
-		return nil, errors.New("is not valid UTF-8")
-	}
-	if hasLoneSurrogate(raw) {
-		return nil, errors.New("has an unpaired UTF-16 surrogate escape")
-	}
-	if err := checkJSON(raw); err != nil {
-		return nil, err
-	}
-	out, err := jcs.Transform(raw)
-	if err != nil {
-		return nil, fmt.Errorf("cannot be canonicalised: %w", err)
-	}
-	return out, nil
-}
-
-// checkJSON walks raw token by token: it must be exactly one object, with no
-// duplicate keys at any level and bounded depth. RFC 8785 needs I-JSON input,
-// which the canonicaliser itself does not fully enforce.
-func checkJSON(raw []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return fmt.Errorf("is not valid JSON: %v", err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return errors.New("must be a JSON object")
-	}
-	type frame struct {
-		object bool
-		keys   map[string]struct{}
-		expect bool // object: next token is a key
-	}
-	stack := []frame{{object: true, keys: map[string]struct{}{}, expect: true}}
-	for len(stack) > 0 {
-		tok, err := dec.Token()
-		if err != nil {
-			return fmt.Errorf("is not valid JSON: %v", err)
-		}
-		top := &stack[len(stack)-1]
-		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
-			stack = stack[:len(stack)-1]
-			if len(stack) > 0 && stack[len(stack)-1].object {
-				stack[len(stack)-1].expect = true
-			}
-			continue
-		}
-		if top.object && top.expect {
-			key := tok.(string)
-			if _, dup := top.keys[key]; dup {
-				return fmt.Errorf("has duplicate key %q", key)
-			}
-			top.keys[key] = struct{}{}
-			top.expect = false
-			continue
-		}
-		switch v := tok.(type) {
-		case json.Delim:
-			if len(stack) >= MaxJSONDepth {
-				return fmt.Errorf("is nested deeper than %d levels", MaxJSONDepth)
-			}
-			if v == '{' {
-				stack = append(stack, frame{object: true, keys: map[string]struct{}{}, expect: true})
-			} else {
-				stack = append(stack, frame{})
-			}
-			continue
-		case json.Number:
-			f, err := strconv.ParseFloat(v.String(), 64)
-			if err != nil || math.IsInf(f, 0) {
-				return fmt.Errorf("has number %s outside the IEEE double range", v)
-			}
-		}
-		if top.object {
-			top.expect = true
-		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("must be a single JSON object")
-	}
-	return nil
+	return canonicalJSON(raw)
 }
 
 // flattenIDs renders normalised resource ids as the contract's flat form:
@@ -166,24 +78,33 @@ func FlattenResourceIDs(ids map[string]any) (string, error) {
 
 // canonicalIDs is the stored JSON form of normalised ids: values that were a
 // single string or number are strings, arrays are sorted de-duplicated
-// string arrays.
-func canonicalIDs(ids map[string][]string, single map[string]bool) ([]byte, error) {
+// string arrays. Keys are [a-z0-9_], so byte order is RFC 8785 order.
+func canonicalIDs(ids map[string][]string, single map[string]bool) []byte {
 	if len(ids) == 0 {
-		return nil, nil
+		return nil
 	}
-	m := make(map[string]any, len(ids))
-	for k, vs := range ids {
-		if single[k] {
-			m[k] = vs[0]
-		} else {
-			m[k] = vs
+	keys := sortedKeys(ids)
+	out := []byte{'{'}
+	for i, k := range keys {
+		if i > 0 {
+			out = append(out, ',')
 		}
+		out = appendJCSString(out, k)
+		out = append(out, ':')
+		if single[k] {
+			out = appendJCSString(out, ids[k][0])
+			continue
+		}
+		out = append(out, '[')
+		for j, v := range ids[k] {
+			if j > 0 {
+				out = append(out, ',')
+			}
+			out = appendJCSString(out, v)
+		}
+		out = append(out, ']')
 	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	return jcs.Transform(raw)
+	return append(out, '}')
 }
 
 // hasLoneSurrogate reports whether raw JSON escapes a UTF-16 surrogate

@@ -1,11 +1,14 @@
 package outbox
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/gowebpki/jcs"
 )
 
 // FuzzDecodeNormalise feeds arbitrary bodies through the ingest decoder and
@@ -59,14 +62,17 @@ func FuzzDecodeNormalise(f *testing.F) {
 	})
 }
 
-// FuzzCanonicalObject checks RFC 8785 canonicalisation is idempotent and
-// total: any accepted object canonicalises to bytes that canonicalise to
-// themselves and still parse as the same JSON.
+// FuzzCanonicalObject checks the RFC 8785 canonicaliser differentially
+// against github.com/gowebpki/jcs (the reference port): whatever both
+// accept must come out byte-identical. It also checks idempotence and that
+// accepted input and output parse as JSON.
 func FuzzCanonicalObject(f *testing.F) {
 	f.Add([]byte(`{"b":1,"a":[true,false,null,"x"]}`))
 	f.Add([]byte(`{"n":[1.0,-0,1e21,1e-7,0.1,123456789012345678901234567890]}`))
 	f.Add([]byte(`{"\u20ac":"\ud83d\ude00","\u0080":1,"\ufb33":2}`))
 	f.Add([]byte(`{"a":{"b":{"c":{}}}}`))
+	f.Add([]byte(`{"s":"\u000f\u001f\u007f\b\f\n\r\t\/\"\\"}`))
+	f.Add([]byte(" {\t\"a\" : [ 1 , 2 ] } \n"))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		out, err := CanonicalObject(raw)
 		if err != nil {
@@ -82,6 +88,20 @@ func FuzzCanonicalObject(f *testing.F) {
 		var a, b any
 		if json.Unmarshal(raw, &a) != nil || json.Unmarshal(out, &b) != nil {
 			t.Fatalf("accepted input or output does not parse")
+		}
+		if ref, err := jcs.Transform(raw); err == nil && string(ref) != string(out) {
+			t.Fatalf("differs from the reference:\n in  %q\n got %q\n ref %q", raw, out, ref)
+		}
+		// The direct encoder of Go values (in-app Details maps) agrees too.
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			t.Fatalf("accepted input does not decode: %v", err)
+		}
+		direct, err := canonicalFromGo(v)
+		if err != nil || string(direct) != string(out) {
+			t.Fatalf("Go-value encoder differs: %q vs %q (%v)", direct, out, err)
 		}
 	})
 }

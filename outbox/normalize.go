@@ -136,11 +136,7 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 		return out, err
 	}
 	if len(vals) > 0 {
-		canon, err := canonicalIDs(vals, single)
-		if err != nil {
-			return out, invalid("resource.ids", "cannot be encoded: %v", err)
-		}
-		s := string(canon)
+		s := string(canonicalIDs(vals, single))
 		out.resourceIDs = &s
 		out.resourceIDsFlat = flattenIDs(vals)
 	}
@@ -179,15 +175,11 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 
 	// details
 	if e.Details != nil {
-		raw, err := detailsJSON(e.Details)
+		canon, err := canonicalDetails(e.Details)
 		if err != nil {
 			return out, invalid("details", "%v", err)
 		}
-		if raw != nil {
-			canon, err := CanonicalObject(raw)
-			if err != nil {
-				return out, invalid("details", "%v", err)
-			}
+		if canon != nil {
 			if len(canon) > r.opts.MaxDetailsBytes {
 				return out, invalid("details", "is %d bytes once canonicalised, more than the limit of %d", len(canon), r.opts.MaxDetailsBytes)
 			}
@@ -399,9 +391,9 @@ func decimalString(lit string) (string, error) {
 	return strconv.FormatFloat(f, 'f', -1, 64), nil
 }
 
-// detailsJSON turns a caller's details value into JSON bytes; nil means no
-// details (a JSON null counts as none too).
-func detailsJSON(d any) ([]byte, error) {
+// canonicalDetails returns a caller's details value in RFC 8785 form; nil
+// means no details (a JSON null counts as none too).
+func canonicalDetails(d any) ([]byte, error) {
 	var raw []byte
 	switch v := d.(type) {
 	case json.RawMessage:
@@ -410,15 +402,26 @@ func detailsJSON(d any) ([]byte, error) {
 		raw = v
 	case string:
 		return nil, fmt.Errorf("must be a JSON object, not a string")
-	default:
-		b, err := json.Marshal(v)
-		if err != nil {
-			return nil, fmt.Errorf("cannot be encoded as JSON: %v", err)
+	case map[string]any:
+		if v == nil {
+			return nil, nil
 		}
-		raw = b
+		return canonicalFromGo(v)
+	default:
+		canon, err := canonicalFromGo(v)
+		if err != nil {
+			return nil, err
+		}
+		if string(canon) == "null" {
+			return nil, nil
+		}
+		if len(canon) == 0 || canon[0] != '{' {
+			return nil, fmt.Errorf("must be a JSON object")
+		}
+		return canon, nil
 	}
 	if t := strings.TrimSpace(string(raw)); t == "" || t == "null" {
 		return nil, nil
 	}
-	return raw, nil
+	return canonicalJSON(raw)
 }

@@ -311,3 +311,23 @@ func TestLoneSurrogate(t *testing.T) {
 		require.Equal(t, want, hasLoneSurrogate([]byte(in)), in)
 	}
 }
+
+// The examples of RFC 8785 §3.2.3 (sorting) and Appendix B-style values.
+func TestCanonicalRFC8785Examples(t *testing.T) {
+	t.Parallel()
+	in := `{
+	  "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+	  "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+	  "literals": [null, true, false]
+	}`
+	out, err := CanonicalObject([]byte(in))
+	require.NoError(t, err)
+	require.Equal(t, `{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}`, string(out))
+
+	sorting := `{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One",
+	  "\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}`
+	out, err = CanonicalObject([]byte(sorting))
+	require.NoError(t, err)
+	require.Equal(t, "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u0080\":\"Control\",\"ö\":\"Latin Small Letter O With Diaeresis\","+
+		"\"€\":\"Euro Sign\",\"😀\":\"Emoji: Grinning Face\",\"דּ\":\"Hebrew Letter Dalet With Dagesh\"}", string(out))
+}
