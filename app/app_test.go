@@ -1,0 +1,117 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/auditlog/auditlog/internal/testdb"
+)
+
+// runCLI runs the command line as the binary would and returns its exit
+// code and output.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := Main(args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	code, out, _ := runCLI(t, "version")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "auditlog "), out)
+
+	code, _, errOut := runCLI(t, "frobnicate")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `unknown command "frobnicate"`)
+
+	code, _, errOut = runCLI(t, "partitions", "compact")
+	require.Equal(t, 2, code, errOut)
+}
+
+func TestBadConfigNamesTheKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(path, []byte("relay:\n  batch_size: 0\n"), 0o600))
+	code, _, errOut := runCLI(t, "migrate", "--config", path)
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "relay.batch_size")
+
+	t.Setenv("AUDITLOG_HTTP_ADRR", ":1")
+	code, _, errOut = runCLI(t, "version") // version needs no config
+	require.Equal(t, 0, code, errOut)
+	code, _, errOut = runCLI(t, "migrate")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "AUDITLOG_HTTP_ADRR")
+}
+
+// TestCommandsAgainstDatabase drives migrate, keys, partitions (with
+// --dry-run changing nothing) and deadletters against a real database.
+func TestCommandsAgainstDatabase(t *testing.T) {
+	url := testdb.NewURL(t)
+	t.Setenv("AUDITLOG_DATABASE_URL", url)
+	t.Setenv("AUDITLOG_LOG_LEVEL", "error")
+	ctx := context.Background()
+
+	code, out, errOut := runCLI(t, "migrate")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "applied 0 migration(s)", "the test database is migrated already")
+
+	// keys
+	code, secret, errOut := runCLI(t, "keys", "create", "--workspace", "ws_cli", "--scopes", "events:read", "--name", "auditor")
+	require.Equal(t, 0, code, errOut)
+	require.True(t, strings.HasPrefix(strings.TrimSpace(secret), "alk_"), secret)
+	code, out, errOut = runCLI(t, "keys", "list", "--workspace", "ws_cli")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "auditor")
+	require.NotContains(t, out, strings.TrimSpace(secret), "secrets are shown once")
+	fields := strings.Fields(strings.Split(out, "\n")[1])
+	code, _, errOut = runCLI(t, "keys", "revoke", fields[0])
+	require.Equal(t, 0, code, errOut)
+	code, _, _ = runCLI(t, "keys", "create", "--workspace", "ws_cli", "--scopes", "events:admin")
+	require.Equal(t, 1, code)
+
+	// partitions: ensure, list, prune --dry-run then prune
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	code, _, errOut = runCLI(t, "partitions", "ensure")
+	require.Equal(t, 0, code, errOut)
+	_, err = conn.Exec(ctx, `CREATE TABLE audit_events_p20000101 PARTITION OF audit_events FOR VALUES FROM ('2000-01-01') TO ('2000-02-01')`)
+	require.NoError(t, err)
+	countParts := func() int {
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass`).Scan(&n))
+		return n
+	}
+	before := countParts()
+	code, out, errOut = runCLI(t, "partitions", "list")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "audit_events_p20000101")
+	code, out, errOut = runCLI(t, "partitions", "prune", "--dry-run")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "would drop 1 partition(s)")
+	require.Contains(t, out, "audit_events_p20000101")
+	require.Equal(t, before, countParts(), "--dry-run changes nothing")
+	code, out, errOut = runCLI(t, "partitions", "prune")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "dropped 1 partition(s)")
+	require.Equal(t, before-1, countParts())
+
+	// deadletters
+	code, out, errOut = runCLI(t, "deadletters", "list")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "POS")
+	code, _, _ = runCLI(t, "deadletters", "retry")
+	require.Equal(t, 2, code, "retry needs --all or positions")
+	code, out, errOut = runCLI(t, "deadletters", "retry", "--all")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "moved 0")
+}
