@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -113,6 +115,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	stopSweep := sweepInterruptedExports(ctx, db, rec, log)
+	defer stopSweep()
+
 	mods, err := modules.New(db.Pool, log, modules.Config{SlackSigningSecret: e.cfg.Slack.SigningSecret})
 	if err != nil {
 		return err
@@ -154,7 +159,47 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		log.Error("auditlog: draining HTTP", "error", err)
 	}
 	mods.Stop()
+	stopSweep()
 	stopRelay()
 	log.Info("auditlog: stopped")
 	return nil
+}
+
+// exportSweepInterval is how often exports whose process or connection died
+// before recording them are looked for (also once at start).
+const exportSweepInterval = time.Minute
+
+// sweepInterruptedExports records, at start and then every minute, the
+// exports that began but could not record their audit_log.export event
+// (events.SweepInterruptedExports). It returns a function that stops it
+// and waits.
+func sweepInterruptedExports(ctx context.Context, db *database, rec *outbox.Recorder, log *slog.Logger) func() {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(exportSweepInterval)
+		defer t.Stop()
+		for {
+			n, err := events.SweepInterruptedExports(ctx, db.Pool, rec)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("exports: sweeping interrupted exports", "error", err)
+			case n > 0:
+				log.Warn("exports: recorded exports interrupted before they could record themselves", "count", n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
 }

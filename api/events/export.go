@@ -159,21 +159,45 @@ func (h *Handlers) export(c *gin.Context) {
 		dberr.Abort(c, err, "starting the export")
 		return
 	}
+	// Fail closed: an export that cannot first be written down as begun
+	// does not start, so none can go unrecorded (see intent.go).
+	intent := exportIntent{
+		WS:      ws,
+		Actor:   outbox.Actor{Type: outbox.ActorAPIKey, ID: req.key.ID, Name: req.key.Name},
+		Filters: exportFilters(req.filters),
+	}
+	if info, ok := outbox.RequestInfoFrom(ctx); ok {
+		intent.Info = info
+	}
+	intentID, err := beginIntent(ctx, conn.Conn(), intent)
+	if err != nil {
+		conn.Release()
+		h.log.Error("events: starting export failed", "workspace_id", ws, "error", err)
+		dberr.Abort(c, err, "starting the export")
+		return
+	}
 	stream := &responseStream{c: c, filename: exportFilename(ws, req.filters)}
 	cw := &CountingWriter{W: stream}
 	began := time.Now()
 	rows, err := Export(ctx, conn.Conn(), ws, req.filters, h.cfg.CSVFormulaGuard, cw)
-	conn.Release() // a connection closed by an interrupted COPY is discarded by the pool
 	complete := err == nil
 	if !complete {
 		rows = cw.Rows()
 	}
 	h.exportRows.Add(float64(rows))
 
-	recErr := h.recordExport(ctx, req, rows, complete)
+	// The request's context may be cancelled (client gone); recording is
+	// not. Its values (the request info: IP, user agent, request id) stay.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	recErr := recordAndEnd(rctx, h.pool, h.cfg.Recorder, intentID, intent.event(&rows, complete))
 	if recErr != nil {
-		h.log.Error("events: recording export event failed", "workspace_id", ws, "error", recErr)
+		h.log.Error("events: recording export event failed; the interrupted-export sweep will record it",
+			"workspace_id", ws, "error", recErr)
 	}
+	unlockIntent(rctx, conn.Conn(), intentID)
+	conn.Release() // a connection closed by an interrupted COPY is discarded by the pool
+
 	switch {
 	case err != nil && !stream.started:
 		h.log.Error("events: export failed", "workspace_id", ws, "error", err)
@@ -197,25 +221,25 @@ func (h *Handlers) export(c *gin.Context) {
 	}
 }
 
-// recordExport records the audit_log.export event for an export by key.
-func (h *Handlers) recordExport(ctx context.Context, req request, rows int64, complete bool) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
-	defer cancel()
-	e := ExportEvent(req.key.WorkspaceID, req.filters, rows, complete)
-	e.Actor = outbox.Actor{Type: outbox.ActorAPIKey, ID: req.key.ID, Name: req.key.Name}
-	e.Source = "api"
-	// IP, user agent and request id come from the RequestInfo the request
-	// middleware put on ctx (the resolved client address, never a header
-	// taken on trust); without it they stay empty.
-	return pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
-		return h.cfg.Recorder.Record(ctx, tx, e)
-	})
-}
-
 // ExportEvent is the audit_log.export event describing an export of
 // workspace with filters f: rows written and whether it completed. Callers
 // set the actor and source.
 func ExportEvent(workspace string, f Filters, rows int64, complete bool) outbox.Event {
+	return outbox.Event{
+		WorkspaceID: workspace,
+		Action:      ExportAction,
+		Details: map[string]any{
+			"filters":  exportFilters(f),
+			"rows":     rows,
+			"format":   FormatCSV,
+			"complete": complete,
+		},
+	}
+}
+
+// exportFilters renders f for the export event's details: from and to as
+// single values, the other filters as lists.
+func exportFilters(f Filters) map[string]any {
 	filters := map[string]any{}
 	for k, vs := range f.Values() {
 		if k == ParamFrom || k == ParamTo {
@@ -224,16 +248,7 @@ func ExportEvent(workspace string, f Filters, rows int64, complete bool) outbox.
 			filters[k] = vs
 		}
 	}
-	return outbox.Event{
-		WorkspaceID: workspace,
-		Action:      ExportAction,
-		Details: map[string]any{
-			"filters":  filters,
-			"rows":     rows,
-			"format":   FormatCSV,
-			"complete": complete,
-		},
-	}
+	return filters
 }
 
 // exportFilename is auditlog-<workspace>-<from>-<to>.csv with the bounds as
