@@ -132,6 +132,11 @@ func runPartitions(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
+	switch sub {
+	case "list", "ensure", "prune":
+	default:
+		return usagef("unknown partitions command %q", sub)
+	}
 	return withDatabase(ctx, e, func(db *database) error {
 		m, err := e.maintainer(db)
 		if err != nil {
