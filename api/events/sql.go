@@ -190,8 +190,18 @@ ORDER BY e.occurred_at, e.id`
 	// output functions and parsed back by its input functions: no quoting
 	// or escaping is done by this code. client_connection_check_interval
 	// makes the backend notice a vanished client even while it is not
-	// writing (e.g. sorting), so an abandoned export stops promptly.
-	exportSettingsFormat = `SELECT set_config('client_connection_check_interval', '1s', true)%s`
+	// writing, so an abandoned export stops promptly.
+	//
+	// jit off and enable_sort off: the workspace arrives through
+	// current_setting, so the planner assumes a large share of the table and
+	// picks a parallel seq scan + external sort (665 MB of temp files and a
+	// first byte after 6 s for 1M rows, PERFORMANCE.md) plus JIT. The primary
+	// key (workspace_id, occurred_at, id) already gives the export order; an
+	// ordered Append of its index scans streams the first row in
+	// milliseconds and spills nothing.
+	exportSettingsFormat = `SELECT set_config('client_connection_check_interval', '1s', true),
+       set_config('jit', 'off', true),
+       set_config('enable_sort', 'off', true)%s`
 )
 
 // CSVHeader is the export's header row, the contract's column order.

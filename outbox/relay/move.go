@@ -237,6 +237,9 @@ func (r *Relay) deadLetter(ctx context.Context, pos int64, cause error) error {
 	return nil
 }
 
+// disableJITSQL turns JIT off for the move transaction only.
+const disableJITSQL = `SET LOCAL jit = off`
+
 // moveTx runs one move transaction over the head of the outbox (positions
 // nil) or over the given positions. On error the transaction is rolled back
 // and res.claimed still tells which rows it had claimed.
@@ -253,6 +256,12 @@ func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, 
 		}
 	}()
 
+	// JIT never pays off for a batch-sized statement, and a misestimated
+	// custom plan of the move crossed jit_above_cost: ~250 ms of compiling
+	// per move on each new connection (PERFORMANCE.md).
+	if _, err = tx.Exec(ctx, disableJITSQL); err != nil {
+		return res, fmt.Errorf("configuring move transaction: %w", err)
+	}
 	if positions == nil {
 		err = tx.QueryRow(ctx, claimHeadSQL, r.cfg.BatchSize).Scan(&res.claimed)
 	} else {
