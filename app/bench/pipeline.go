@@ -1,0 +1,298 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/auditlog/auditlog/outbox"
+	"github.com/auditlog/auditlog/outbox/relay"
+)
+
+// pipelineSpan is how far back the pipeline's events occurred: a week, as
+// for events recorded as they happen (two partitions at most).
+const pipelineSpan = 7 * 24 * time.Hour
+
+// pipelineStage writes --events events through RecordBatch, relays them
+// until the outbox is empty, inserts the same rows again with one INSERT ...
+// SELECT (the floor), and copies the same rows into the outbox with a raw
+// COPY. Every phase starts after a CHECKPOINT; generation of the input is
+// outside the timings.
+func (b *bench) pipelineStage(ctx context.Context) error {
+	rs := runs{}
+	n := b.cfg.events
+	var storage storageFigures
+	for run := range b.cfg.runs {
+		if err := b.resetStore(ctx); err != nil {
+			return err
+		}
+
+		// RecordBatch.
+		b.checkpoint(ctx)
+		wal0 := b.walPosition(ctx)
+		d, err := b.recordBatches(ctx)
+		if err != nil {
+			return err
+		}
+		rs.add("recordbatch", perSecond(n, d))
+		rs.add("recordbatch_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
+
+		// Relay.
+		b.checkpoint(ctx)
+		wal0 = b.walPosition(ctx)
+		rd, half, batches, err := b.relayAll(ctx)
+		if err != nil {
+			return err
+		}
+		rs.add("relay", perSecond(n, rd))
+		// Sustained: the second half of the backlog moves as fast as the
+		// first (a claim slowed by dead outbox rows would show here).
+		rs.add("relay_first_half", perSecond(n/2, half))
+		rs.add("relay_second_half", perSecond(n-n/2, rd-half))
+		rs.add("relay_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
+		rs.add("relay_batch_p50", ms(percentile(batches, 0.5)))
+		rs.add("relay_batch_p99", ms(percentile(batches, 0.99)))
+		if storage, err = b.storage(ctx); err != nil {
+			return err
+		}
+
+		// Floor: the relayed rows, inserted again by one statement.
+		fd, fwal, err := b.floor(ctx)
+		if err != nil {
+			return err
+		}
+		rs.add("floor", perSecond(n, fd))
+		rs.add("floor_wal", float64(fwal)/float64(n))
+
+		// Raw COPY of the same rows into the outbox.
+		if err := b.resetStore(ctx); err != nil {
+			return err
+		}
+		b.checkpoint(ctx)
+		wal0 = b.walPosition(ctx)
+		cd, err := b.copyBatches(ctx)
+		if err != nil {
+			return err
+		}
+		rs.add("copy", perSecond(n, cd))
+		rs.add("copy_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
+
+		b.progress("pipeline run %d/%d: RecordBatch %.0f/s, relay %.0f/s, floor %.0f/s, raw COPY %.0f/s",
+			run+1, b.cfg.runs, perSecond(n, d), perSecond(n, rd), perSecond(n, fd), perSecond(n, cd))
+	}
+	if _, err := b.pool.Exec(ctx, dropFloorSrcSQL); err != nil {
+		return fmt.Errorf("dropping bench_floor_src: %w", err)
+	}
+	if err := b.resetStore(ctx); err != nil {
+		return err
+	}
+
+	o := b.out
+	o.num("pipeline.events", float64(n), 0)
+	o.num("pipeline.workspaces", float64(b.cfg.workspaces), 0)
+	o.num("pipeline.batch", float64(b.cfg.batch), 0)
+	o.num("pipeline.recordbatch_events_per_s", rs.median("recordbatch"), 0)
+	o.num("pipeline.copy_events_per_s", rs.median("copy"), 0)
+	o.num("pipeline.relay_events_per_s", rs.median("relay"), 0)
+	o.num("pipeline.relay_first_half_events_per_s", rs.median("relay_first_half"), 0)
+	o.num("pipeline.relay_second_half_events_per_s", rs.median("relay_second_half"), 0)
+	o.num("pipeline.floor_events_per_s", rs.median("floor"), 0)
+	o.num("pipeline.relay_batch_p50_ms", rs.median("relay_batch_p50"), 2)
+	o.num("pipeline.relay_batch_p99_ms", rs.median("relay_batch_p99"), 2)
+	o.num("pipeline.recordbatch_wal_bytes_per_event", rs.median("recordbatch_wal"), 0)
+	o.num("pipeline.copy_wal_bytes_per_event", rs.median("copy_wal"), 0)
+	o.num("pipeline.relay_wal_bytes_per_event", rs.median("relay_wal"), 0)
+	o.num("pipeline.floor_wal_bytes_per_event", rs.median("floor_wal"), 0)
+	// The ratios are medians of the per-run ratios: each compares phases
+	// measured minutes apart in the same run.
+	relayVsFloor := median(divide(rs["relay"], rs["floor"]))
+	rbVsCopy := median(divide(rs["recordbatch"], rs["copy"]))
+	o.num("pipeline.relay_vs_floor", relayVsFloor, 3)
+	o.num("pipeline.recordbatch_vs_copy", rbVsCopy, 3)
+	o.target("relay_vs_floor", relayVsFloor >= 0.8)
+	o.target("recordbatch_vs_copy", rbVsCopy >= 0.8)
+	storage.print(o, "storage")
+	return nil
+}
+
+// divide returns a[i]/b[i].
+func divide(a, b []float64) []float64 {
+	out := make([]float64, min(len(a), len(b)))
+	for i := range out {
+		out[i] = ratio(a[i], b[i])
+	}
+	return out
+}
+
+// recordBatches writes the stage's events through RecordBatch, --batch per
+// transaction, and returns the time spent in the transactions.
+func (b *bench) recordBatches(ctx context.Context) (time.Duration, error) {
+	g := newGenerator(b.cfg.seed, b.workspaces)
+	var total time.Duration
+	evs := make([]outbox.Event, 0, b.cfg.batch)
+	for done := 0; done < b.cfg.events; done += len(evs) {
+		evs = evs[:0]
+		for range min(b.cfg.batch, b.cfg.events-done) {
+			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
+			evs = append(evs, e.event())
+		}
+		start := time.Now()
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			return b.rec.RecordBatch(ctx, tx, evs)
+		})
+		total += time.Since(start)
+		if err != nil {
+			return 0, fmt.Errorf("RecordBatch of %d events: %w", len(evs), err)
+		}
+	}
+	return total, nil
+}
+
+// copyBatches copies the same rows recordBatches writes straight into
+// audit_outbox, --batch per transaction, and returns the time spent in the
+// transactions.
+func (b *bench) copyBatches(ctx context.Context) (time.Duration, error) {
+	g := newGenerator(b.cfg.seed, b.workspaces)
+	var total time.Duration
+	rows := make([][]any, 0, b.cfg.batch)
+	for done := 0; done < b.cfg.events; done += len(rows) {
+		rows = rows[:0]
+		now := time.Now()
+		for range min(b.cfg.batch, b.cfg.events-done) {
+			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
+			rows = append(rows, e.outboxValues(now))
+		}
+		start := time.Now()
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(rows))
+			return err
+		})
+		total += time.Since(start)
+		if err != nil {
+			return 0, fmt.Errorf("copying %d rows into audit_outbox: %w", len(rows), err)
+		}
+	}
+	return total, nil
+}
+
+// relayAll moves the outbox into audit_events with MoveOnce until a move
+// finds nothing, checks that every row arrived, and returns the time taken,
+// the time by which half the rows had moved and each move's duration.
+func (b *bench) relayAll(ctx context.Context) (total, half time.Duration, batches []time.Duration, err error) {
+	r, err := relay.New(b.pool, relay.Config{BatchSize: b.cfg.relayBatch, Partitions: b.maint, Logger: b.log})
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	start := time.Now()
+	done := 0
+	for {
+		t := time.Now()
+		moved, err := r.MoveOnce(ctx)
+		if err != nil {
+			return 0, 0, nil, fmt.Errorf("relaying: %w", err)
+		}
+		if moved == 0 {
+			break
+		}
+		batches = append(batches, time.Since(t))
+		if done < b.cfg.events/2 && done+moved >= b.cfg.events/2 {
+			half = time.Since(start)
+		}
+		done += moved
+	}
+	total = time.Since(start)
+	left, err := b.count(ctx, countOutboxSQL)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	dead, err := b.count(ctx, countDeadSQL)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	stored, err := b.count(ctx, countEventsSQL)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if left != 0 || dead != 0 || stored != int64(b.cfg.events) {
+		return 0, 0, nil, fmt.Errorf("relay left %d rows in the outbox, %d dead letters, stored %d of %d", left, dead, stored, b.cfg.events)
+	}
+	return total, half, batches, nil
+}
+
+// floor keeps the stored rows aside, empties audit_events and inserts them
+// again with one INSERT ... SELECT, returning its duration and WAL bytes.
+func (b *bench) floor(ctx context.Context) (time.Duration, int64, error) {
+	for _, q := range []string{dropFloorSrcSQL, createFloorSrcSQL, truncateEventsSQL} {
+		if _, err := b.pool.Exec(ctx, q); err != nil {
+			return 0, 0, fmt.Errorf("preparing the floor (%s): %w", q, err)
+		}
+	}
+	b.checkpoint(ctx)
+	wal0 := b.walPosition(ctx)
+	start := time.Now()
+	tag, err := b.pool.Exec(ctx, floorInsertSQL)
+	d := time.Since(start)
+	if err != nil {
+		return 0, 0, fmt.Errorf("inserting the floor rows: %w", err)
+	}
+	if tag.RowsAffected() != int64(b.cfg.events) {
+		return 0, 0, fmt.Errorf("floor inserted %d rows, want %d", tag.RowsAffected(), b.cfg.events)
+	}
+	return d, b.walPosition(ctx) - wal0, nil
+}
+
+// storageFigures are the bytes audit_events takes per stored event.
+type storageFigures struct {
+	rows    int64
+	heap    int64
+	indexes int64
+	index   []indexSize
+}
+
+type indexSize struct {
+	name  string
+	bytes int64
+}
+
+// storage measures audit_events as it stands.
+func (b *bench) storage(ctx context.Context) (storageFigures, error) {
+	var s storageFigures
+	var err error
+	if s.rows, err = b.count(ctx, countEventsSQL); err != nil {
+		return s, err
+	}
+	if err := b.pool.QueryRow(ctx, storageSQL).Scan(&s.heap, &s.indexes); err != nil {
+		return s, fmt.Errorf("measuring audit_events: %w", err)
+	}
+	rows, err := b.pool.Query(ctx, indexSizesSQL)
+	if err != nil {
+		return s, fmt.Errorf("measuring the indexes of audit_events: %w", err)
+	}
+	s.index, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (indexSize, error) {
+		var i indexSize
+		err := r.Scan(&i.name, &i.bytes)
+		return i, err
+	})
+	if err != nil {
+		return s, fmt.Errorf("measuring the indexes of audit_events: %w", err)
+	}
+	return s, nil
+}
+
+func (s storageFigures) print(o *report, prefix string) {
+	if s.rows == 0 {
+		return
+	}
+	per := func(n int64) float64 { return float64(n) / float64(s.rows) }
+	o.num(prefix+".rows", float64(s.rows), 0)
+	o.num(prefix+".bytes_per_event", per(s.heap+s.indexes), 0)
+	o.num(prefix+".heap_bytes_per_event", per(s.heap), 0)
+	o.num(prefix+".index_bytes_per_event", per(s.indexes), 0)
+	for _, i := range s.index {
+		name := strings.TrimPrefix(i.name, "audit_events_")
+		o.num(prefix+".index."+name+"_bytes_per_event", per(i.bytes), 0)
+	}
+}
