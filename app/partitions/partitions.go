@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -96,6 +97,7 @@ type Config struct {
 // Maintainer creates, drops and lists the partitions of audit_events. Its
 // methods are safe for concurrent use.
 type Maintainer struct {
+	skipped     atomic.Int64 // scheduled ticks left to another instance
 	pool        *pgxpool.Pool
 	interval    string
 	retention   int

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/auditlog/auditlog/app/config"
 	"github.com/auditlog/auditlog/internal/testdb"
 )
 
@@ -670,4 +671,26 @@ func TestRunsCommitInBatches(t *testing.T) {
 	require.Equal(t, "audit_events_p20261128", parts[0].Name)
 	require.Equal(t, "audit_events_p20261208", parts[len(parts)-1].Name)
 	require.Len(t, parts, 11)
+}
+
+// TestScheduledRunOncePerPeriod: two instances whose cron clocks differ
+// run the scheduled maintenance once per period between them, not once
+// each.
+func TestScheduledRunOncePerPeriod(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := t.Context()
+	a := newM(t, pool, Config{Interval: IntervalMonth, RetentionDays: 30, Premake: 1})
+	b := newM(t, pool, Config{Interval: IntervalMonth, RetentionDays: 30, Premake: 1})
+	sched, err := config.ScheduleParser.Parse("@every 1h")
+	require.NoError(t, err)
+	t0 := time.Now().UTC().Truncate(time.Second)
+
+	require.True(t, a.scheduledRun(ctx, sched, t0), "first tick runs")
+	require.False(t, b.scheduledRun(ctx, sched, t0.Add(20*time.Minute)), "b's tick 20 min after a's run is the same period")
+	require.True(t, b.scheduledRun(ctx, sched, t0.Add(40*time.Minute)), "40 min later is the next period")
+	require.False(t, a.scheduledRun(ctx, sched, t0.Add(60*time.Minute)))
+	require.True(t, a.scheduledRun(ctx, sched, t0.Add(120*time.Minute)))
+	require.Equal(t, int64(1), a.skipped.Load())
+	require.Equal(t, int64(1), b.skipped.Load())
 }

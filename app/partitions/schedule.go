@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/robfig/cron/v3"
 
 	"github.com/auditlog/auditlog/app/config"
@@ -33,8 +34,9 @@ func (m *Maintainer) Start(ctx context.Context, spec string) error {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	logger := cronLogger{l: m.logger, stopped: make(chan struct{}), once: &sync.Once{}}
-	job := cron.NewChain(cron.Recover(logger), cron.SkipIfStillRunning(logger)).
-		Then(cron.FuncJob(func() { m.scheduledRun(runCtx) }))
+	chain := cron.NewChain(cron.Recover(logger), cron.SkipIfStillRunning(logger))
+	job := chain.Then(cron.FuncJob(func() { m.scheduledRun(runCtx, sched, m.now()) }))
+	first := chain.Then(cron.FuncJob(func() { m.runAndLog(runCtx) }))
 
 	c := cron.New(
 		cron.WithParser(config.ScheduleParser),
@@ -46,8 +48,9 @@ func (m *Maintainer) Start(ctx context.Context, spec string) error {
 	m.cron, m.cancel, m.cronStopped = c, cancel, logger.stopped
 
 	// First run now rather than an interval from now, so a fresh install
-	// has its partitions before the first event arrives.
-	m.runs.Go(job.Run)
+	// has its partitions before the first event arrives. It runs whatever
+	// other instances did: it is what makes this instance's start safe.
+	m.runs.Go(first.Run)
 
 	m.logger.InfoContext(ctx, "partitions: maintenance scheduled", "schedule", spec, "interval", m.interval,
 		"retention_days", m.retention, "premake", m.premake)
@@ -84,8 +87,41 @@ func (m *Maintainer) Stop(ctx context.Context) {
 	cancel()
 }
 
-// scheduledRun is one scheduled maintenance run.
-func (m *Maintainer) scheduledRun(ctx context.Context) {
+// claimSlotSQL records a scheduled run in auditlog_settings unless one was
+// recorded after $2: the row lock of the upsert makes the check and the
+// claim atomic across instances.
+const claimSlotSQL = `
+INSERT INTO auditlog_settings AS s (name, value)
+VALUES ('partitions.last_scheduled_run', convert_to($1::timestamptz::text, 'UTF8'))
+ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+WHERE convert_from(s.value, 'UTF8')::timestamptz < $2::timestamptz
+RETURNING true`
+
+// scheduledRun is one scheduled maintenance run at tick time now. Every
+// instance has the same schedule, but their cron clocks differ (@every
+// counts from each process's start), so the advisory lock alone only stops
+// runs overlapping. To run once per scheduled period across instances, a
+// tick runs only when no instance recorded a run within half a period
+// before it. It reports whether it ran.
+func (m *Maintainer) scheduledRun(ctx context.Context, sched cron.Schedule, now time.Time) bool {
+	gap := sched.Next(now).Sub(now) / 2
+	var claimed bool
+	err := m.pool.QueryRow(ctx, claimSlotSQL, now, now.Add(-gap)).Scan(&claimed)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		m.skipped.Add(1)
+		m.logger.DebugContext(ctx, "partitions: another instance ran this period's maintenance; skipped")
+		return false
+	case err != nil:
+		// Better twice than never: the run itself is idempotent.
+		m.logger.WarnContext(ctx, "partitions: recording the scheduled run failed; running anyway", "error", err)
+	}
+	m.runAndLog(ctx)
+	return true
+}
+
+// runAndLog runs RunOnce and logs its failure.
+func (m *Maintainer) runAndLog(ctx context.Context) {
 	// A skipped run (another instance holds the lock) was logged by begin.
 	_, err := m.RunOnce(ctx)
 	switch {
