@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -212,17 +211,19 @@ func TestRunRefusesBadArguments(t *testing.T) {
 }
 
 // cancelOnWrite cancels the run's context on the first write reaching
-// stdout, as a Ctrl-C in the middle of an export would. Later writes fail
-// as a closed pipe would, so the rows that reach stdout are only the first
-// chunk's, however quickly the server had sent the rest.
+// stdout, as a Ctrl-C in the middle of an export would. A later write waits
+// for the cancellation and fails with it, so the rows that reach stdout are
+// only the first chunk's, however quickly the server had sent the rest.
 type cancelOnWrite struct {
+	ctx    context.Context
 	cancel context.CancelFunc
 	n      int
 }
 
 func (c *cancelOnWrite) Write(p []byte) (int, error) {
 	if c.n > 0 {
-		return 0, errors.New("stdout closed")
+		<-c.ctx.Done()
+		return 0, c.ctx.Err()
 	}
 	c.cancel()
 	c.n += len(p)
@@ -240,7 +241,7 @@ func TestRunInterrupted(t *testing.T) {
 	pool := setup(t, es)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stdout := &cancelOnWrite{cancel: cancel}
+	stdout := &cancelOnWrite{ctx: ctx, cancel: cancel}
 	var stderr bytes.Buffer
 	err := Run(ctx, pool, []string{"--workspace", "ws_a"}, stdout, &stderr)
 	require.ErrorIs(t, err, context.Canceled)
