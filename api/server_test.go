@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -323,4 +324,49 @@ func TestNewValidates(t *testing.T) {
 	require.NoError(t, err)
 	_, err = New(Config{}, deps)
 	require.NoError(t, err)
+}
+
+// TestSlowBodyIsCutOff: a client trickling its body (slowloris) is cut off
+// at ReadTimeout; nothing is stored and the server keeps serving.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newBundle(t, testdb.New(t), Config{Addr: "127.0.0.1:0", ReadTimeout: time.Second})
+	require.NoError(t, b.srv.Start())
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = b.srv.Shutdown(sctx)
+	})
+	_, secret, err := auth.Create(ctx, b.pool, "ws_acme", "svc", []string{auth.ScopeWrite})
+	require.NoError(t, err)
+
+	body := `{"action":"ticket.update","actor":{"type":"system"},"source":"api"}`
+	conn, err := net.Dial("tcp", b.srv.Addr())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n", secret, len(body))
+	require.NoError(t, err)
+	start := time.Now()
+	var werr error
+	for i := 0; i < len(body) && werr == nil && time.Since(start) < 10*time.Second; i++ {
+		_, werr = conn.Write([]byte{body[i]})
+		time.Sleep(200 * time.Millisecond) // 13 s for the whole body
+	}
+	// The server answered (an error) or closed the connection long before
+	// the body was complete.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+	reply, _ := io.ReadAll(conn)
+	require.Less(t, time.Since(start), 12*time.Second, "the trickle was not cut off")
+	require.NotContains(t, string(reply), "202 Accepted")
+
+	var n int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM audit_outbox`).Scan(&n))
+	require.Zero(t, n, "nothing stored")
+	resp, err := http.Get("http://" + b.srv.Addr() + "/healthz")
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the server still serves")
 }
