@@ -125,7 +125,7 @@ func bulkInsert(t testing.TB, pool *pgxpool.Pool, start time.Time, stepMS int64,
 	next := month.AddDate(0, 1, 0)
 	require.True(t, start.Add(time.Duration(int64(n+1)*stepMS)*time.Millisecond).Before(next), "bulk data must fit in one month")
 	name := "audit_events_p" + month.Format("200601")
-	_, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE audit_events INCLUDING DEFAULTS)`, name))
+	_, err := pool.Exec(ctx, fmt.Sprintf(`CREATE TABLE %s (LIKE audit_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`, name))
 	require.NoError(t, err)
 	_, err = pool.Exec(ctx, fmt.Sprintf(bulkInsertFormat, name), start, stepMS, n)
 	require.NoError(t, err)
