@@ -9,6 +9,10 @@ import (
 // runBench runs `auditlog bench`: against database.url, or the embedded
 // cluster when it is empty. The bench makes its own scratch database there.
 func runBench(ctx context.Context, e *env, args []string) error {
+	// Arguments first: --help or a typo must not start a database.
+	if err := bench.CheckArgs(args, e.stderr); err != nil {
+		return err
+	}
 	db, err := openDatabase(ctx, e.cfg, e.logger)
 	if err != nil {
 		return err

@@ -217,6 +217,13 @@ type bench struct {
 	srv              *server // the in-process API server, built on first use
 }
 
+// CheckArgs parses args as Run would, without touching a database, so a
+// caller can refuse bad arguments (or answer --help) before starting one.
+func CheckArgs(args []string, stderr io.Writer) error {
+	_, err := parseArgs(args, stderr)
+	return err
+}
+
 // Run runs the bench stage named by args[0] with the flags that follow. See
 // the package documentation.
 func Run(ctx context.Context, args []string, opts Options, stdout, stderr io.Writer) error {
