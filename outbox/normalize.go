@@ -34,14 +34,7 @@ const (
 	DefaultRetention = 365
 )
 
-var (
-	workspaceRe    = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
-	actionRe       = regexp.MustCompile(`^[a-z0-9_-]+(\.[a-z0-9_-]+)+$`)
-	actionWordRe   = regexp.MustCompile(`^[a-z0-9_-]+$`)
-	sourceRe       = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
-	resourceKeyRe  = regexp.MustCompile(`^[a-z0-9_]{1,64}$`)
-	integerLiteral = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
-)
+var integerLiteral = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
 
 // row is an event in its stored form, exactly the columns of audit_outbox.
 type row struct {
@@ -91,7 +84,7 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	if ws == "" {
 		return out, invalid("workspace_id", "is required")
 	}
-	if !workspaceRe.MatchString(ws) {
+	if !ValidWorkspaceID(ws) {
 		return out, invalid("workspace_id", "must be 1-%d characters of A-Z a-z 0-9 . _ : -", maxWorkspaceLen)
 	}
 	out.workspaceID = ws
@@ -114,7 +107,7 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	if e.Action == "" {
 		return out, invalid("action", "is required")
 	}
-	if len(e.Action) > maxActionLen || !actionRe.MatchString(e.Action) {
+	if !ValidAction(e.Action) {
 		return out, invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", maxActionLen)
 	}
 	out.action = e.Action
@@ -126,7 +119,7 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 
 	// resource
 	if e.Resource.Type != "" {
-		if len(e.Resource.Type) > maxResourceType || !actionWordRe.MatchString(e.Resource.Type) {
+		if !ValidResourceType(e.Resource.Type) {
 			return out, invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
 		}
 		out.resourceType = &e.Resource.Type
@@ -146,7 +139,7 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	if src == "" {
 		return out, invalid("source", "is required")
 	}
-	if !sourceRe.MatchString(src) {
+	if !ValidSource(src) {
 		return out, invalid("source", "must be 1-%d characters of a-z 0-9 _", maxSourceLen)
 	}
 	out.source = src
@@ -279,7 +272,7 @@ func normaliseIDs(ids map[string]any) (map[string][]string, map[string]bool, err
 	vals := make(map[string][]string, len(ids))
 	single := make(map[string]bool, len(ids))
 	for k, v := range ids {
-		if !resourceKeyRe.MatchString(k) {
+		if !validResourceKey(k) {
 			return nil, nil, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
 		}
 		field := "resource.ids." + k

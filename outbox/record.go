@@ -61,7 +61,7 @@ func New(opts Options) (*Recorder, error) {
 	}
 	r := &Recorder{opts: opts, nullIP: map[string]bool{}}
 	for i, s := range opts.NullIPSources {
-		if !sourceRe.MatchString(s) {
+		if !ValidSource(s) {
 			return nil, fmt.Errorf("outbox: NullIPSources[%d] %q is not a valid source", i, s)
 		}
 		r.nullIP[s] = true

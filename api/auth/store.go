@@ -7,13 +7,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/auditlog/auditlog/outbox"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -35,9 +35,6 @@ const MaxNameLen = 128
 
 // ErrNotFound is returned by Revoke for an id that names no key.
 var ErrNotFound = errors.New("api key not found")
-
-// workspaceRe is the contract's workspace_id rule, the same as for events.
-var workspaceRe = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 
 // AllScopes lists every scope a key may hold.
 var AllScopes = []string{ScopeRead, ScopeWrite}
@@ -74,7 +71,7 @@ WHERE id = $1`
 // Create stores a new key for workspaceID with scopes and returns it with
 // its secret. The secret is shown only here: only its SHA-256 is stored.
 func Create(ctx context.Context, pool *pgxpool.Pool, workspaceID, name string, scopes []string) (Key, string, error) {
-	if !workspaceRe.MatchString(workspaceID) {
+	if !outbox.ValidWorkspaceID(workspaceID) {
 		return Key{}, "", fmt.Errorf("creating api key: workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", workspaceID)
 	}
 	name = strings.TrimSpace(name)

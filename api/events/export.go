@@ -43,7 +43,7 @@ const rollbackTimeout = 5 * time.Second
 // the connection, which stops the COPY on the server; a pool discards such a
 // connection on release.
 func Export(ctx context.Context, conn *pgx.Conn, workspace string, f Filters, guard bool, w io.Writer) (rows int64, err error) {
-	if !workspaceRe.MatchString(workspace) {
+	if !outbox.ValidWorkspaceID(workspace) {
 		return 0, fmt.Errorf("exporting events: workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", workspace)
 	}
 	settings, args, copySQL := exportSQL(workspace, f, guard)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/auditlog/auditlog/outbox"
 )
 
 // Query parameter names of the filters, shared by GET /v1/events, GET
@@ -36,17 +38,8 @@ const (
 	maxResourceTypeLen = 128
 )
 
-var (
-	actionRe       = regexp.MustCompile(`^[a-z0-9_-]+(\.[a-z0-9_-]+)+$`)
-	actionPrefixRe = regexp.MustCompile(`^[a-z0-9_.-]+$`)
-	resourceTypeRe = regexp.MustCompile(`^[a-z0-9_-]+$`)
-	sourceRe       = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
-	workspaceRe    = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
-)
-
-// ValidWorkspace reports whether ws is a well-formed workspace id (contract
-// §1: 1-64 of A-Z a-z 0-9 . _ : -).
-func ValidWorkspace(ws string) bool { return workspaceRe.MatchString(ws) }
+// actionPrefixRe is what may stand before the * of an action prefix.
+var actionPrefixRe = regexp.MustCompile(`^[a-z0-9_.-]+$`)
 
 // Filters selects events of one workspace. Within a field the values are
 // alternatives (any may match); different fields must all match. Empty
@@ -176,14 +169,14 @@ func normaliseAction(s string) (string, error) {
 		}
 		return s, nil
 	}
-	if len(s) > maxActionLen || !actionRe.MatchString(s) {
+	if !outbox.ValidAction(s) {
 		return "", fmt.Errorf("must be an action (lowercase dotted words of a-z 0-9 _ -, e.g. ticket.update) or a prefix ending in * (e.g. ticket.*)")
 	}
 	return s, nil
 }
 
 func normaliseResourceType(s string) (string, error) {
-	if len(s) > maxResourceTypeLen || !resourceTypeRe.MatchString(s) {
+	if !outbox.ValidResourceType(s) {
 		return "", fmt.Errorf("must be 1-%d characters of a-z 0-9 _ -", maxResourceTypeLen)
 	}
 	return s, nil
@@ -191,7 +184,7 @@ func normaliseResourceType(s string) (string, error) {
 
 func normaliseSource(s string) (string, error) {
 	s = strings.ToLower(strings.TrimSpace(s))
-	if !sourceRe.MatchString(s) {
+	if !outbox.ValidSource(s) {
 		return "", fmt.Errorf("must be 1-32 characters of a-z 0-9 _")
 	}
 	return s, nil

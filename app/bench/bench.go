@@ -48,7 +48,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -496,7 +495,3 @@ func (m minLevel) WithAttrs(as []slog.Attr) slog.Handler {
 func (m minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{h: m.h.WithGroup(name), min: m.min}
 }
-
-// workspaceRe is the contract's workspace_id alphabet; a name matching it
-// needs no quoting inside a SQL string literal.
-var workspaceRe = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/auditlog/auditlog/api/events"
+	"github.com/auditlog/auditlog/outbox"
 )
 
 // The export stage's workspaces: one with --export-events rows and one
@@ -241,7 +242,7 @@ func (b *bench) directExport(ctx context.Context, ws string) (exportResult, erro
 // CSV of the same rows in the same order, into a discarding writer.
 func (b *bench) copyExport(ctx context.Context, ws string) (exportResult, error) {
 	var r exportResult
-	if !workspaceRe.MatchString(ws) {
+	if !outbox.ValidWorkspaceID(ws) {
 		return r, fmt.Errorf("workspace %q cannot be formatted into COPY", ws)
 	}
 	conn, err := b.pool.Acquire(ctx)

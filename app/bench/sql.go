@@ -84,9 +84,9 @@ ON CONFLICT (id) DO NOTHING`
 	countWorkspaceSQL = `SELECT count(*) FROM audit_events WHERE workspace_id = $1`
 
 	// exportCopyFormat is the export's floor: the same rows, same order,
-	// straight out of COPY as CSV. The workspace is a generated name
-	// checked against workspaceRe before it is formatted in (COPY takes no
-	// bind parameters).
+	// straight out of COPY as CSV. The workspace is a generated name,
+	// checked with outbox.ValidWorkspaceID before it is formatted in (COPY
+	// takes no bind parameters; that alphabet needs no quoting).
 	exportCopyFormat = `COPY (SELECT * FROM audit_events WHERE workspace_id = '%s' ORDER BY occurred_at, id) TO STDOUT WITH (FORMAT csv, HEADER true)`
 
 	// auto_explain setup of the EXPLAIN pass: every statement's plan with

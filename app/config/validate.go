@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"time"
 
+	"github.com/auditlog/auditlog/outbox"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/robfig/cron/v3"
 )
@@ -28,9 +28,6 @@ func (e *FieldError) Error() string { return e.Key + ": " + e.Message }
 var ScheduleParser = cron.NewParser(
 	cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor,
 )
-
-// sourceName is the alphabet of an event source (contract §1).
-var sourceName = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
 
 // Validate checks every setting and returns all problems at once, joined;
 // each is a *FieldError naming its key.
@@ -89,7 +86,7 @@ func (c Config) Validate() error {
 
 	// events
 	for i, s := range c.Events.NullIPSources {
-		if !sourceName.MatchString(s) {
+		if !outbox.ValidSource(s) {
 			bad(fmt.Sprintf("events.null_ip_sources[%d]", i), "%q is not a source name (1-32 of a-z 0-9 _)", s)
 		}
 	}

@@ -123,7 +123,7 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	if *workspace == "" {
 		return errors.New("export: --workspace is required")
 	}
-	if !events.ValidWorkspace(*workspace) {
+	if !outbox.ValidWorkspaceID(*workspace) {
 		return fmt.Errorf("export: --workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
 	}
 
