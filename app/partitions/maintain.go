@@ -390,7 +390,7 @@ func (r *run) create(ctx context.Context, g span) (string, error) {
 // EnsureFor makes sure a partition holds t and returns its name, creating
 // the partition of t's interval if none does (or, when partitions of
 // another interval cover part of that range, the uncovered part holding
-// t). The relay calls it when an insert failed with IsMissingPartition,
+// t). The relay calls it when an insert found no partition,
 // after rolling that transaction back: the failed transaction's lock on
 // audit_events would otherwise block the CREATE until lock_timeout.
 //

@@ -14,6 +14,7 @@ type metrics struct {
 	created    prometheus.Counter
 	dropped    prometheus.Counter
 	errors     prometheus.Counter
+	skipped    prometheus.Counter
 }
 
 func newMetrics() metrics {
@@ -34,12 +35,16 @@ func newMetrics() metrics {
 			Name: "auditlog_partitions_errors_total",
 			Help: "Partition maintenance operations that ended with an error.",
 		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "auditlog_partitions_skipped_total",
+			Help: "Scheduled maintenance runs left to another instance that ran this period's.",
+		}),
 	}
 }
 
 func (m metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.partitions, m.created, m.dropped, m.errors} {
+	for _, c := range []prometheus.Collector{m.partitions, m.created, m.dropped, m.errors, m.skipped} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -5,7 +5,7 @@
 //   - Ensure creates every partition from the start of the retention window
 //     to Premake intervals after the current one;
 //   - EnsureFor creates the partition for one instant, for the relay when an
-//     insert found no partition (see IsMissingPartition);
+//     insert found no partition (SQLSTATE 23514 naming no constraint);
 //   - Prune drops partitions that lie wholly before the retention window;
 //   - RunOnce does Ensure and Prune together, and Start runs it on a cron
 //     schedule.
@@ -38,7 +38,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -97,7 +96,6 @@ type Config struct {
 // Maintainer creates, drops and lists the partitions of audit_events. Its
 // methods are safe for concurrent use.
 type Maintainer struct {
-	skipped     atomic.Int64 // scheduled ticks left to another instance
 	pool        *pgxpool.Pool
 	interval    string
 	retention   int
@@ -235,26 +233,8 @@ func listPartitions(ctx context.Context, q querier) ([]Partition, error) {
 	return parts, nil
 }
 
-// Error codes from PostgreSQL's errcodes.txt.
-const (
-	codeCheckViolation    = "23514"
-	codeLockNotAvailable  = "55P03"
-	missingPartitionTable = parentTable
-)
-
-// IsMissingPartition reports whether err is PostgreSQL's "no partition of
-// relation audit_events found for row": a row was written for an instant no
-// partition holds yet. The fix is EnsureFor(that instant), then a retry.
-// A CHECK constraint violation shares the SQLSTATE (23514) but names its
-// constraint, which this error does not.
-func IsMissingPartition(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	return pgErr.Code == codeCheckViolation && pgErr.ConstraintName == "" &&
-		(pgErr.TableName == "" || pgErr.TableName == missingPartitionTable)
-}
+// codeLockNotAvailable is lock_not_available in PostgreSQL's errcodes.txt.
+const codeLockNotAvailable = "55P03"
 
 // isLockTimeout reports whether err is a lock_timeout expiry.
 func isLockTimeout(err error) bool {

@@ -109,7 +109,7 @@ func (m *Maintainer) scheduledRun(ctx context.Context, sched cron.Schedule, now 
 	err := m.pool.QueryRow(ctx, claimSlotSQL, now, now.Add(-gap)).Scan(&claimed)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		m.skipped.Add(1)
+		m.metrics.skipped.Inc()
 		m.logger.DebugContext(ctx, "partitions: another instance ran this period's maintenance; skipped")
 		return false
 	case err != nil:

@@ -46,28 +46,14 @@ FROM audit_dead_letters
 ORDER BY pos
 LIMIT $1`
 
-// retryDeadLettersSQL puts the dead letters at positions $1 back into the
-// outbox under their original pos (the identity never hands it out again),
-// so a retry goes first and keeps its name in logs and listings.
+// retryDeadLettersSQL puts the dead letters at positions $1 (every one when
+// $1 is NULL) back into the outbox under their original pos (the identity
+// never hands it out again), so a retry goes first and keeps its name in
+// logs and listings.
 const retryDeadLettersSQL = `
 WITH retried AS (
-    DELETE FROM audit_dead_letters WHERE pos = ANY($1::bigint[])
-    RETURNING *
-)
-INSERT INTO audit_outbox (
-    pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
-    actor_id, actor_email, actor_name, resource_type, resource_ids,
-    resource_ids_flat, source, ip, user_agent, request_id, details
-) OVERRIDING SYSTEM VALUE
-SELECT pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
-       actor_id, actor_email, actor_name, resource_type, resource_ids,
-       resource_ids_flat, source, ip, user_agent, request_id, details
-FROM retried`
-
-// retryAllDeadLettersSQL is retryDeadLettersSQL for every dead letter.
-const retryAllDeadLettersSQL = `
-WITH retried AS (
     DELETE FROM audit_dead_letters
+    WHERE $1::bigint[] IS NULL OR pos = ANY($1::bigint[])
     RETURNING *
 )
 INSERT INTO audit_outbox (
@@ -121,7 +107,7 @@ func RetryDeadLetters(ctx context.Context, db DB, positions []int64) (int, error
 // RetryAllDeadLetters moves every dead letter back into the outbox and
 // returns how many it moved.
 func RetryAllDeadLetters(ctx context.Context, db DB) (int, error) {
-	tag, err := db.Exec(ctx, retryAllDeadLettersSQL)
+	tag, err := db.Exec(ctx, retryDeadLettersSQL, nil)
 	if err != nil {
 		return 0, fmt.Errorf("retrying all dead letters: %w", err)
 	}
