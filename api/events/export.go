@@ -222,19 +222,12 @@ func (h *Handlers) export(c *gin.Context) {
 }
 
 // ExportEvent is the audit_log.export event describing an export of
-// workspace with filters f: rows written and whether it completed. Callers
-// set the actor and source.
+// workspace with filters f: rows written and whether it completed, the same
+// details the HTTP export records. Callers set the actor and source.
 func ExportEvent(workspace string, f Filters, rows int64, complete bool) outbox.Event {
-	return outbox.Event{
-		WorkspaceID: workspace,
-		Action:      ExportAction,
-		Details: map[string]any{
-			"filters":  exportFilters(f),
-			"rows":     rows,
-			"format":   FormatCSV,
-			"complete": complete,
-		},
-	}
+	e := exportIntent{WS: workspace, Filters: exportFilters(f)}.event(&rows, complete)
+	e.Source = ""
+	return e
 }
 
 // exportFilters renders f for the export event's details: from and to as

@@ -47,7 +47,7 @@ type exportIntent struct {
 	WS    string             `json:"workspace_id"`
 	Actor outbox.Actor       `json:"actor"`
 	Info  outbox.RequestInfo `json:"request"`
-	// Filters as ExportEvent renders them.
+	// Filters as exportFilters renders them.
 	Filters map[string]any `json:"filters"`
 }
 

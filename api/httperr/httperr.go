@@ -3,6 +3,8 @@
 package httperr
 
 import (
+	"fmt"
+
 	"github.com/gin-gonic/gin"
 )
 
@@ -33,4 +35,14 @@ const (
 // Abort writes the error and stops the handler chain.
 func Abort(c *gin.Context, status int, code, message, field string) {
 	c.AbortWithStatusJSON(status, Body{Error: Detail{Code: code, Message: message, Field: field}})
+}
+
+// Quote quotes a client-supplied value for an error message, cut at 64
+// bytes so a huge value does not bloat the response.
+func Quote(s string) string {
+	const max = 64
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	return fmt.Sprintf("%q", s)
 }

@@ -220,7 +220,7 @@ func (h *Handler) record(ctx context.Context, key auth.Key, events []outbox.Even
 func (h *Handler) readEvents(c *gin.Context, key auth.Key) (batchBody, *problem) {
 	if enc := strings.TrimSpace(c.GetHeader("Content-Encoding")); enc != "" && !strings.EqualFold(enc, "identity") {
 		return batchBody{}, &problem{http.StatusUnsupportedMediaType, httperr.CodeUnsupportedMedia,
-			"Content-Encoding " + quoteShort(enc) + " is not supported; send the body uncompressed", ""}
+			"Content-Encoding " + httperr.Quote(enc) + " is not supported; send the body uncompressed", ""}
 	}
 	media, params, err := mime.ParseMediaType(c.GetHeader("Content-Type"))
 	if err == nil && media != MediaJSON && media != MediaNDJSON {
@@ -360,7 +360,7 @@ func decodeOne(data []byte, index int, key auth.Key) (outbox.Event, *problem) {
 		e.WorkspaceID = key.WorkspaceID
 	case ws != key.WorkspaceID:
 		return e, &problem{http.StatusForbidden, httperr.CodeForbidden,
-			"the API key belongs to another workspace; it cannot write to " + quoteShort(ws), fieldAt(index, "workspace_id")}
+			"the API key belongs to another workspace; it cannot write to " + httperr.Quote(ws), fieldAt(index, "workspace_id")}
 	}
 	return e, nil
 }
@@ -370,13 +370,4 @@ func fieldAt(index int, field string) string {
 		return field
 	}
 	return fmt.Sprintf("events[%d].%s", index, field)
-}
-
-// quoteShort quotes s for a message, cut so a huge value does not bloat it.
-func quoteShort(s string) string {
-	const max = 64
-	if len(s) > max {
-		s = s[:max] + "..."
-	}
-	return fmt.Sprintf("%q", s)
 }

@@ -53,7 +53,9 @@ func newEngine(t testing.TB, pool *pgxpool.Pool, cfg Config, waker Waker) *gin.E
 	require.NoError(t, err)
 	engine := gin.New()
 	engine.Use(clientip.RequestContext(resolver, "api"))
-	h.Register(engine.Group("/v1", auth.Middleware(pool, logger)))
+	authn, err := auth.NewAuthenticator(pool, logger, auth.Options{})
+	require.NoError(t, err)
+	h.Register(engine.Group("/v1", authn.Handler()))
 	return engine
 }
 
