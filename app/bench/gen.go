@@ -2,6 +2,7 @@ package bench
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strconv"
@@ -353,19 +354,18 @@ func (e *genEvent) resourceIDsJSON() string {
 	return string(append(b, '}'))
 }
 
-// resourceIDsFlat is the flattened form (key=value;...); the generated
-// keys and values hold none of the characters that need escaping.
+// resourceIDsFlat is the flattened form, by the recorder's own rule
+// (generation is outside every timed phase).
 func (e *genEvent) resourceIDsFlat() string {
-	var b []byte
+	ids := make(map[string]any, len(e.idKeys))
 	for i, k := range e.idKeys {
-		if i > 0 {
-			b = append(b, ';')
-		}
-		b = append(b, k...)
-		b = append(b, '=')
-		b = append(b, e.idVals[i]...)
+		ids[k] = e.idVals[i]
 	}
-	return string(b)
+	flat, err := outbox.FlattenResourceIDs(ids)
+	if err != nil {
+		panic(fmt.Sprintf("bench: generated resource ids refused: %v", err)) // a generator bug
+	}
+	return flat
 }
 
 // event is the event as an in-app caller would pass it to RecordBatch.

@@ -44,11 +44,6 @@ func Forbidden(c *gin.Context, message string) {
 	httperr.Abort(c, http.StatusForbidden, httperr.CodeForbidden, message, "")
 }
 
-// Conflict answers 409 naming the field, when there is one.
-func Conflict(c *gin.Context, field, message string) {
-	httperr.Abort(c, http.StatusConflict, CodeConflict, message, field)
-}
-
 // Error is a refusal decided inside a transaction (not found, forbidden,
 // conflict), returned through pgx.BeginFunc so the transaction rolls back and
 // then answered by Abort.
