@@ -4,12 +4,14 @@ STATICCHECK   ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PKGS          ?= ./...
 BENCHTIME     ?= 1s
 FUZZTIME      ?= 30s
+IMAGE         ?= auditlog
+VERSION       ?= dev
 
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: run
 run: ## run the service (embedded PostgreSQL unless database.url is set)
@@ -56,3 +58,7 @@ fuzz: ## run every fuzz target for FUZZTIME each
 .PHONY: soak
 soak: ## long fault and load tests (build tag soak; minutes)
 	$(GO) test -tags soak -count=1 -timeout 60m -run 'Soak|Backlog' -v $(PKGS)
+
+.PHONY: docker
+docker: ## build the container image IMAGE (needs a Docker engine; see README "Docker")
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .

@@ -20,7 +20,11 @@ import (
 // drown the log, so they are logged at debug.
 var quietRoutes = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
-// accessLog logs every request once it is served.
+// accessLog logs one line per request once it is served: method, route
+// pattern (never the raw path, which may carry ids), status, duration,
+// request id, and when known the workspace, the API key's id (never the
+// key itself) and the client IP. Neither the query string nor any body is
+// logged.
 func accessLog(logger *slog.Logger) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		start := time.Now()
@@ -44,10 +48,14 @@ func accessLog(logger *slog.Logger) gin.HandlerFunc {
 			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 			slog.String("request_id", clientip.RequestID(c)),
 		}
+		info, _ := outbox.RequestInfoFrom(c.Request.Context())
+		if info.WorkspaceID != "" {
+			attrs = append(attrs, slog.String("workspace_id", info.WorkspaceID))
+		}
 		if key, ok := auth.KeyFrom(c); ok {
 			attrs = append(attrs, slog.String("key_id", key.ID))
 		}
-		if info, ok := outbox.RequestInfoFrom(c.Request.Context()); ok && info.IP != "" {
+		if info.IP != "" {
 			attrs = append(attrs, slog.String("client_ip", info.IP))
 		}
 		if len(c.Errors) > 0 {

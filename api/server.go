@@ -91,8 +91,8 @@ type Deps struct {
 	Pool     *pgxpool.Pool
 	Recorder *outbox.Recorder
 	Logger   *slog.Logger
-	// Registry receives the HTTP and Go/process metrics and is served at
-	// /metrics; other components register on it too.
+	// Registry receives the HTTP, connection pool and Go/process metrics
+	// and is served at /metrics; other components register on it too.
 	Registry *prometheus.Registry
 	// Waker, optional, is woken after each ingest commit (the relay).
 	Waker ingest.Waker
@@ -116,6 +116,10 @@ type Server struct {
 	mu       sync.Mutex
 	listener net.Listener
 	served   chan error // Serve's result, once started
+
+	// inflight counts handlers running, so Shutdown can wait for the ones
+	// whose connections it had to cut (an export then records itself).
+	inflight sync.WaitGroup
 }
 
 // New builds the server and its routes. It does not listen; see Start.
@@ -146,6 +150,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if err := metrics.RegisterRuntime(deps.Registry); err != nil {
 		return nil, fmt.Errorf("api: registering runtime metrics: %w", err)
+	}
+	if err := metrics.RegisterPool(deps.Registry, deps.Pool); err != nil {
+		return nil, fmt.Errorf("api: registering connection pool metrics: %w", err)
 	}
 	authn, err := auth.NewAuthenticator(deps.Pool, deps.Logger, auth.Options{CacheTTL: cfg.AuthCacheTTL})
 	if err != nil {
@@ -196,7 +203,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{cfg: cfg, logger: deps.Logger, engine: engine}
 	s.srv = &http.Server{
 		Addr:              cfg.Addr,
-		Handler:           engine,
+		Handler:           s.track(engine),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
@@ -296,8 +303,25 @@ func (s *Server) Addr() string {
 	return s.cfg.Addr
 }
 
-// Shutdown stops accepting connections and waits for active requests until
-// ctx ends (then closes them). It returns Serve's error, if it failed.
+// cutHandlerWait bounds how long Shutdown waits, after cutting the
+// connections still open at its deadline, for their handlers to return (an
+// export records its audit_log.export event as it ends).
+const cutHandlerWait = 5 * time.Second
+
+// track counts the handlers running through h.
+func (s *Server) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Shutdown stops accepting connections and waits for active requests
+// (streaming exports included) until ctx ends; then it closes the
+// connections still open and waits up to 5s more for their handlers to
+// return, so they finish their own bookkeeping before the caller closes the
+// database. It returns Serve's error, if it failed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	served := s.served
@@ -307,6 +331,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// Streams still running when ctx ended: cut them.
 		_ = s.srv.Close()
 		err = fmt.Errorf("api: shutting down: %w", err)
+	}
+	handlersDone := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(handlersDone)
+	}()
+	select {
+	case <-handlersDone:
+	case <-time.After(cutHandlerWait):
+		s.logger.Warn("api: handlers still running after their connections were cut", "waited", cutHandlerWait.String())
 	}
 	if served != nil {
 		if serveErr := <-served; serveErr != nil && err == nil {

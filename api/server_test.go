@@ -152,7 +152,7 @@ func TestServer(t *testing.T) {
 		require.Equal(t, "GET", w.Header().Get("Allow"))
 	})
 	t.Run("panic is a JSON 500 without details", func(t *testing.T) {
-		w := b.do(t, "GET", "/app/panic", "", map[string]string{"X-Request-ID": "req-panic"})
+		w := b.do(t, "GET", "/app/panic", "", map[string]string{"X-Request-ID": "req-panic", "RemoteAddr": "10.0.0.5:1000"})
 		require.Equal(t, 500, w.Code)
 		d := errorBody(t, w)
 		require.Equal(t, httperr.Detail{Code: httperr.CodeInternal, Message: "internal error"}, d)
@@ -214,7 +214,8 @@ func TestServer(t *testing.T) {
 	t.Run("ingest", func(t *testing.T) {
 		w := b.do(t, "POST", "/v1/events",
 			`{"action":"member.invite","source":"web","actor":{"type":"user","id":"u_1"}}`,
-			map[string]string{"Authorization": "Bearer " + writeSecret, "Content-Type": "application/json", "X-Request-ID": "req-ingest"})
+			map[string]string{"Authorization": "Bearer " + writeSecret, "Content-Type": "application/json",
+				"X-Request-ID": "req-ingest", "RemoteAddr": "10.0.0.5:1000"})
 		require.Equal(t, http.StatusAccepted, w.Code, w.Body.String())
 		require.EqualValues(t, 1, b.waker.n.Load())
 		var n int
@@ -233,7 +234,25 @@ func TestServer(t *testing.T) {
 		require.Equal(t, "/v1/events", access["route"])
 		require.EqualValues(t, 202, access["status"])
 		require.Equal(t, key.ID, access["key_id"])
+		require.Equal(t, "ws_acme", access["workspace_id"])
 		require.Contains(t, access, "duration_ms")
+		// Never the key itself, nor the event body.
+		for _, l := range b.logs.lines(t) {
+			raw, err := json.Marshal(l)
+			require.NoError(t, err)
+			require.NotContains(t, string(raw), writeSecret)
+			require.NotContains(t, string(raw), "member.invite")
+		}
+	})
+	t.Run("request id from an untrusted peer is replaced", func(t *testing.T) {
+		w := b.do(t, "GET", "/app/echo", "", map[string]string{"X-Request-ID": "req-planted"})
+		require.Equal(t, 200, w.Code)
+		id := w.Header().Get("X-Request-ID")
+		require.NotEqual(t, "req-planted", id)
+		require.Contains(t, w.Body.String(), `"request_id":"`+id+`"`)
+		w = b.do(t, "GET", "/app/echo", "", map[string]string{"X-Request-ID": "req-from-lb", "RemoteAddr": "10.0.0.5:1000"})
+		require.Equal(t, "req-from-lb", w.Header().Get("X-Request-ID"))
+		require.Contains(t, w.Body.String(), `"request_id":"req-from-lb"`)
 	})
 	t.Run("metrics", func(t *testing.T) {
 		w := b.do(t, "GET", "/metrics", "", nil)
@@ -247,6 +266,12 @@ func TestServer(t *testing.T) {
 		require.Contains(t, text, `auditlog_http_request_seconds_bucket{method="GET",route="/healthz",le="+Inf"} 1`)
 		require.Contains(t, text, "go_goroutines")
 		require.Contains(t, text, "process_")
+		// The pool's own statistics: this test's requests used connections.
+		require.Regexp(t, `(?m)^auditlog_db_pool_acquires_total [1-9]`, text)
+		require.Regexp(t, `(?m)^auditlog_db_pool_max_conns [1-9]`, text)
+		require.Contains(t, text, "auditlog_db_pool_idle_conns ")
+		// The one GET /healthz answered {"status":"ok"}: 15 bytes.
+		require.Contains(t, text, `auditlog_http_response_bytes_total{method="GET",route="/healthz"} 15`+"\n")
 		w = b.do(t, "BREW", "/x", "", nil)
 		require.Equal(t, 404, w.Code)
 		w = b.do(t, "GET", "/metrics", "", nil)
@@ -369,4 +394,40 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	require.NoError(t, resp.Body.Close())
 	require.Equal(t, http.StatusOK, resp.StatusCode, "the server still serves")
+}
+
+// TestShutdownWaitsForCutHandlers: a request still running at the end of
+// the grace period has its connection cut, and Shutdown returns only once
+// its handler has returned (so an export can record itself before the
+// caller closes the database).
+func TestShutdownWaitsForCutHandlers(t *testing.T) {
+	t.Parallel()
+	rec, err := outbox.New(outbox.Options{})
+	require.NoError(t, err)
+	started := make(chan struct{})
+	var finished atomic.Bool
+	srv, err := New(Config{Addr: "127.0.0.1:0"}, Deps{
+		Pool: testdb.New(t), Recorder: rec, Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
+		Mount: []func(gin.IRouter){func(r gin.IRouter) {
+			r.GET("/app/slow", func(c *gin.Context) {
+				c.String(http.StatusOK, "begun")
+				c.Writer.Flush()
+				close(started)
+				<-c.Request.Context().Done() // the cut
+				time.Sleep(300 * time.Millisecond)
+				finished.Store(true)
+			})
+		}},
+	})
+	require.NoError(t, err)
+	require.NoError(t, srv.Start())
+	resp, err := http.Get("http://" + srv.Addr() + "/app/slow")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	<-started
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	require.Error(t, srv.Shutdown(ctx), "the grace period ended with the request running")
+	require.True(t, finished.Load(), "Shutdown returned before the cut handler did")
 }

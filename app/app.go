@@ -10,10 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 
 	"github.com/auditlog/auditlog/app/config"
 )
@@ -38,6 +36,7 @@ Usage:
   auditlog deadletters list | retry [--all | POS ...]
   auditlog members invite --workspace W --email E [--role owner] [--name N] [--slack-user U]
   auditlog bench [pipeline|ingest|query|export|all] [flags]
+  auditlog healthcheck [--path /healthz] [--timeout 3s]   exit 0 when the local server answers 200 (container HEALTHCHECK)
   auditlog version
 
 Every command takes --config PATH (default: config.yaml in the working
@@ -51,11 +50,15 @@ type env struct {
 	logger         *slog.Logger
 }
 
-// Main runs the command line and returns the process exit code.
+// Main runs the command line and returns the process exit code. SIGINT or
+// SIGTERM cancels the command (serve stops gracefully); a second one exits
+// at once (see interrupts).
 func Main(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, args, stdout, stderr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	intr := watchInterrupts(cancel, slog.New(slog.NewJSONHandler(stderr, nil)), os.Exit)
+	defer intr.stop()
+	err := run(ctx, intr, args, stdout, stderr)
 	switch {
 	case err == nil:
 		return 0
@@ -77,7 +80,7 @@ func usagef(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, intr *interrupts, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -99,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"deadletters": runDeadLetters,
 		"bench":       runBench,
 		"members":     runMembers,
+		"healthcheck": runHealthcheck,
 	}
 	fn, ok := commands[cmd]
 	if !ok {
@@ -113,6 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("loading configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
+	intr.setLogger(logger)
 	return fn(ctx, &env{stdout: stdout, stderr: stderr, cfg: cfg, logger: logger}, rest)
 }
 

@@ -18,9 +18,10 @@ import (
 	"github.com/auditlog/auditlog/outbox/relay"
 )
 
-// shutdownTimeout bounds the whole graceful shutdown: draining HTTP, the
-// relay's batch in flight, the automation runner and the cron job.
-const shutdownTimeout = 30 * time.Second
+// stopTimeout bounds each stop after HTTP has drained (which
+// http.shutdown_grace bounds): the relay's batch in flight and the
+// partition cron's run in progress.
+const stopTimeout = 10 * time.Second
 
 func (e *env) recorder() (*outbox.Recorder, error) {
 	return outbox.New(outbox.Options{
@@ -31,9 +32,12 @@ func (e *env) recorder() (*outbox.Recorder, error) {
 }
 
 // runServe runs the HTTP API, the relay, partition maintenance and the
-// in-app modules until SIGINT/SIGTERM, then stops them in dependency order:
-// stop accepting and drain HTTP, stop the automation runner, let the relay
-// finish its batch, stop cron, close the pool, stop the embedded database.
+// in-app modules until SIGINT/SIGTERM, then stops them in dependency order,
+// logging "auditlog: stopped" with the component after each: stop
+// accepting and drain HTTP (exports included) for up to http.shutdown_grace,
+// stop the automation runner and the export sweep, let the relay finish its
+// batch, stop cron, close the pool and stop the embedded database. A second
+// signal exits at once (see interrupts).
 func runServe(ctx context.Context, e *env, args []string) error {
 	if len(args) > 0 {
 		return usagef("serve takes no arguments, got %q", args[0])
@@ -46,7 +50,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	db.ownsEmbedded = true
-	defer db.Close(context.Background())
+	closeDB := sync.OnceFunc(func() { db.Close(context.Background()) })
+	defer closeDB()
 	n, err := db.Migrate(ctx)
 	if err != nil {
 		return err
@@ -75,7 +80,12 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err := maint.Start(ctx, e.cfg.Retention.Schedule); err != nil {
 		return fmt.Errorf("starting partition maintenance: %w", err)
 	}
-	defer maint.Stop(context.Background())
+	stopMaint := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		maint.Stop(sctx)
+	}
+	defer stopMaint()
 
 	rl, err := relay.New(db.Pool, relay.Config{
 		BatchSize:    e.cfg.Relay.BatchSize,
@@ -98,7 +108,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			return
 		}
 		relayStopped = true
-		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer cancel()
 		if err := rl.Stop(sctx); err != nil {
 			log.Error("auditlog: stopping relay", "error", err)
@@ -152,16 +162,26 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	log.Info("auditlog: serving", "addr", srv.Addr())
 
 	<-ctx.Done()
-	log.Info("auditlog: shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	grace := e.cfg.HTTP.ShutdownGrace
+	log.Info("auditlog: shutting down", "shutdown_grace", grace.String())
+	stopped := func(component string) { log.Info("auditlog: stopped", "component", component) }
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Error("auditlog: draining HTTP", "error", err)
+		log.Error("auditlog: draining HTTP within shutdown_grace failed; cut the requests left", "error", err)
 	}
+	stopped("http")
 	mods.Stop()
+	stopped("modules")
 	stopSweep()
+	stopped("export_sweep")
 	stopRelay()
-	log.Info("auditlog: stopped")
+	stopped("relay")
+	stopMaint()
+	stopped("partition_maintenance")
+	closeDB()
+	stopped("database")
+	log.Info("auditlog: shutdown complete")
 	return nil
 }
 

@@ -182,6 +182,31 @@ func TestRequestContext(t *testing.T) {
 		info, _ := serve(t, func(req *http.Request) { req.Header.Set(RequestIDHeader, id) })
 		require.Equal(t, id, info.RequestID)
 	})
+	// Only a trusted proxy may name the request: a client talking to the
+	// service directly cannot plant an id on the events it causes.
+	for name, remote := range map[string]string{
+		"untrusted peer":         "203.0.113.9:5555",
+		"untrusted behind XFF":   "198.51.100.1:80",
+		"unparsable socket peer": "pipe",
+	} {
+		t.Run("generated for "+name, func(t *testing.T) {
+			t.Parallel()
+			info, w := serve(t, func(req *http.Request) {
+				req.RemoteAddr = remote
+				req.Header.Set("X-Forwarded-For", "10.0.0.1")
+				req.Header.Set(RequestIDHeader, "req_planted")
+			})
+			require.NotEqual(t, "req_planted", info.RequestID)
+			require.Len(t, info.RequestID, 36) // a UUID
+			require.Equal(t, info.RequestID, w.Header().Get(RequestIDHeader))
+		})
+	}
+	t.Run("each request gets its own generated id", func(t *testing.T) {
+		t.Parallel()
+		a, _ := serve(t, func(*http.Request) {})
+		b, _ := serve(t, func(*http.Request) {})
+		require.NotEqual(t, a.RequestID, b.RequestID)
+	})
 }
 
 // FuzzWalk checks the X-Forwarded-For walk on arbitrary header lines: it

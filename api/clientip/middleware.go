@@ -1,6 +1,8 @@
 package clientip
 
 import (
+	"net/http"
+
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
@@ -19,13 +21,17 @@ const ginRequestIDKey = "auditlog.request_id"
 // RequestContext returns middleware that puts outbox.RequestInfo (source,
 // client IP by resolver, user agent, request id) on the request's context, so
 // events recorded while handling it carry them, and echoes the request id in
-// the X-Request-ID response header. A caller's X-Request-ID is kept when it
-// is 1–128 printable ASCII characters without spaces; otherwise a new UUIDv7
-// is used.
+// the X-Request-ID response header.
+//
+// An incoming X-Request-ID is believed only when the socket peer is a
+// trusted proxy (the same rule as X-Forwarded-For: a load balancer or
+// gateway of our own may name the request, a client may not) and it is
+// 1–128 printable ASCII characters without spaces. Otherwise a new UUIDv7
+// is generated, so a client can never plant an id on recorded events.
 func RequestContext(resolver *Resolver, source string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		id := c.GetHeader(RequestIDHeader)
-		if !saneRequestID(id) {
+		id := incomingRequestID(resolver, c.Request)
+		if id == "" {
 			id = newRequestID()
 		}
 		c.Set(ginRequestIDKey, id)
@@ -46,6 +52,20 @@ func RequestContext(resolver *Resolver, source string) gin.HandlerFunc {
 
 // RequestID returns the request id RequestContext assigned, or "".
 func RequestID(c *gin.Context) string { return c.GetString(ginRequestIDKey) }
+
+// incomingRequestID returns the request's X-Request-ID when it may be
+// believed (see RequestContext), else "".
+func incomingRequestID(resolver *Resolver, req *http.Request) string {
+	peer := socketAddr(req.RemoteAddr)
+	if !peer.IsValid() || !resolver.Trusted(peer) {
+		return ""
+	}
+	id := req.Header.Get(RequestIDHeader)
+	if !saneRequestID(id) {
+		return ""
+	}
+	return id
+}
 
 func saneRequestID(s string) bool {
 	if s == "" || len(s) > maxRequestIDLen {

@@ -1,5 +1,6 @@
-// Package metrics exposes the server's Prometheus registry at /metrics and
-// counts HTTP requests by route and status. Every component registers its own
+// Package metrics exposes the server's Prometheus registry at /metrics,
+// counts HTTP requests by route and status, and reports the connection
+// pool's statistics. Every component registers its own
 // collectors on the same *prometheus.Registry, never the global default.
 package metrics
 
@@ -23,6 +24,7 @@ const UnmatchedRoute = "unmatched"
 type HTTP struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	bytes    *prometheus.CounterVec
 }
 
 // NewHTTP registers the HTTP request metrics on reg (reusing them if they are
@@ -30,6 +32,9 @@ type HTTP struct {
 //
 //   - auditlog_http_requests_total{route,method,status}
 //   - auditlog_http_request_seconds{route,method} (histogram)
+//   - auditlog_http_response_bytes_total{route,method}: response body
+//     bytes written; for route "/v1/events/export" these are the bytes of
+//     CSV exports sent (complete and cut)
 //
 // route is gin's route pattern (e.g. "/v1/events"), or "unmatched".
 func NewHTTP(reg *prometheus.Registry) (*HTTP, error) {
@@ -45,6 +50,10 @@ func NewHTTP(reg *prometheus.Registry) (*HTTP, error) {
 		Help:    "Time to serve HTTP requests, by route pattern and method.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
 	}, []string{"route", "method"})
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "auditlog_http_response_bytes_total",
+		Help: "Response body bytes written, by route pattern and method (route /v1/events/export: CSV export bytes).",
+	}, []string{"route", "method"})
 	var err error
 	if requests, err = register(reg, requests); err != nil {
 		return nil, err
@@ -52,7 +61,10 @@ func NewHTTP(reg *prometheus.Registry) (*HTTP, error) {
 	if duration, err = register(reg, duration); err != nil {
 		return nil, err
 	}
-	return &HTTP{requests: requests, duration: duration}, nil
+	if bytes, err = register(reg, bytes); err != nil {
+		return nil, err
+	}
+	return &HTTP{requests: requests, duration: duration, bytes: bytes}, nil
 }
 
 // register registers c on reg, or returns the equal collector already there.
@@ -93,6 +105,10 @@ func (m *HTTP) Middleware() gin.HandlerFunc {
 		method := Method(c.Request.Method)
 		m.requests.WithLabelValues(route, method, strconv.Itoa(c.Writer.Status())).Inc()
 		m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
+		// Size is -1 until something is written.
+		if n := c.Writer.Size(); n > 0 {
+			m.bytes.WithLabelValues(route, method).Add(float64(n))
+		}
 	}
 }
 

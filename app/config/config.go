@@ -22,6 +22,9 @@ const (
 
 	// HTTPAddrDefault is the HTTP API's listen address.
 	HTTPAddrDefault = ":8080"
+	// HTTPShutdownGraceDefault is how long a stopping server waits for
+	// in-flight requests (exports included) before cutting them.
+	HTTPShutdownGraceDefault = 30 * time.Second
 
 	// RelayBatchSizeDefault is how many outbox rows one relay move claims.
 	RelayBatchSizeDefault = 1000
@@ -119,6 +122,11 @@ type HTTP struct {
 	// right-most entry not in them. Empty: use the socket address.
 	// Default: none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// ShutdownGrace is how long SIGTERM/SIGINT waits for in-flight requests
+	// (streaming exports included) to finish before cutting them (0s–1h; 0
+	// cuts at once). The relay's last batch and the partition cron get up
+	// to 10s each after that. Default: 30s.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 }
 
 // Relay is the relay section.
@@ -207,6 +215,7 @@ func Default() Config {
 		HTTP: HTTP{
 			Addr:           HTTPAddrDefault,
 			TrustedProxies: []string{},
+			ShutdownGrace:  HTTPShutdownGraceDefault,
 		},
 		Relay: Relay{
 			BatchSize:    RelayBatchSizeDefault,

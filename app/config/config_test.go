@@ -236,6 +236,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"addr bad port", func(c *Config) { c.HTTP.Addr = ":http-alt" }, "http.addr:"},
 		{"proxy", func(c *Config) { c.HTTP.TrustedProxies = []string{"10.0.0.0/8", "10.0.0/8"} }, `http.trusted_proxies[1]: "10.0.0/8" is not a CIDR`},
 		{"proxy zone", func(c *Config) { c.HTTP.TrustedProxies = []string{"fe80::1%eth0"} }, `http.trusted_proxies[0]:`},
+		{"negative grace", func(c *Config) { c.HTTP.ShutdownGrace = -time.Second }, "http.shutdown_grace: must be between 0s and 1h, got -1s"},
+		{"long grace", func(c *Config) { c.HTTP.ShutdownGrace = 2 * time.Hour }, "http.shutdown_grace: must be between 0s and 1h, got 2h0m0s"},
 		{"batch", func(c *Config) { c.Relay.BatchSize = 0 }, "relay.batch_size: must be between 1 and 10000, got 0"},
 		{"poll", func(c *Config) { c.Relay.PollInterval = 0 }, "relay.poll_interval: must be between 1ms and 1h, got 0s"},
 		{"days", func(c *Config) { c.Retention.Days = -1 }, "retention.days: must be between 1 and 36500, got -1"},
@@ -301,6 +303,7 @@ func TestValidateAcceptsGoodValues(t *testing.T) {
 	c.Retention.PartitionInterval = PartitionIntervalDay
 	c.Retention.Premake = 0
 	c.Events.NullIPSources = nil
+	c.HTTP.ShutdownGrace = 0
 	require.NoError(t, c.Validate())
 	for _, spec := range []string{"@hourly", "@daily", "@every 30m", "*/5 * * * *", "CRON_TZ=Europe/Paris 0 4 * * *"} {
 		c.Retention.Schedule = spec

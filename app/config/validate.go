@@ -63,6 +63,9 @@ func (c Config) Validate() error {
 			bad(fmt.Sprintf("http.trusted_proxies[%d]", i), "%v", err)
 		}
 	}
+	if d := c.HTTP.ShutdownGrace; d < 0 || d > time.Hour {
+		bad("http.shutdown_grace", "must be between 0s and 1h, got %s", d)
+	}
 
 	// relay
 	intRange("relay.batch_size", int64(c.Relay.BatchSize), 1, 10000)

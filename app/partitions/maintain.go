@@ -215,7 +215,7 @@ func (r *run) commit(ctx context.Context) error {
 	}
 	r.m.metrics.created.Add(float64(len(r.pendingCreated)))
 	r.m.metrics.dropped.Add(float64(len(r.pendingDropped)))
-	r.m.metrics.partitions.Set(float64(len(r.st.parts)))
+	r.m.metrics.observe(r.st.parts)
 	r.created = append(r.created, r.pendingCreated...)
 	r.dropped = append(r.dropped, r.pendingDropped...)
 	r.pendingCreated, r.pendingDropped = nil, nil

@@ -2,6 +2,7 @@ package partitions
 
 import (
 	"errors"
+	"math"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -11,6 +12,7 @@ import (
 // Config.Registerer is set.
 type metrics struct {
 	partitions prometheus.Gauge
+	newestTo   prometheus.Gauge
 	created    prometheus.Counter
 	dropped    prometheus.Counter
 	errors     prometheus.Counter
@@ -22,6 +24,11 @@ func newMetrics() metrics {
 		partitions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "auditlog_partitions",
 			Help: "Partitions of audit_events, as of the last maintenance run or listing.",
+		}),
+		newestTo: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "auditlog_partitions_newest_upper_bound_seconds",
+			Help: "Exclusive upper bound of the newest partition of audit_events, as Unix time " +
+				"(+Inf for a MAXVALUE bound, 0 when there is none); alert when it comes near time().",
 		}),
 		created: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "auditlog_partitions_created_total",
@@ -44,10 +51,28 @@ func newMetrics() metrics {
 
 func (m metrics) register(r prometheus.Registerer) error {
 	var errs []error
-	for _, c := range []prometheus.Collector{m.partitions, m.created, m.dropped, m.errors, m.skipped} {
+	for _, c := range []prometheus.Collector{m.partitions, m.newestTo, m.created, m.dropped, m.errors, m.skipped} {
 		if err := r.Register(c); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// observe sets the gauges that describe the partitions: their number and
+// the newest upper bound, so an alert fires before premade partitions run
+// out (events beyond the bound make the relay create partitions itself).
+func (m metrics) observe(parts []Partition) {
+	m.partitions.Set(float64(len(parts)))
+	var newest float64
+	for _, p := range parts {
+		switch {
+		case p.isDefault():
+		case p.To.IsZero(): // TO (MAXVALUE)
+			newest = math.Inf(1)
+		default:
+			newest = math.Max(newest, float64(p.To.Unix()))
+		}
+	}
+	m.newestTo.Set(newest)
 }

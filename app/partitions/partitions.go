@@ -204,7 +204,7 @@ func (m *Maintainer) List(ctx context.Context) ([]Partition, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.metrics.partitions.Set(float64(len(parts)))
+	m.metrics.observe(parts)
 	return parts, nil
 }
 

@@ -530,11 +530,13 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[string]float64{
-		"auditlog_partitions":               13, // Nov 2025 … Nov 2026
-		"auditlog_partitions_created_total": 11, // Jan … Nov 2026
-		"auditlog_partitions_dropped_total": 3,  // Aug … Oct 2025
-		"auditlog_partitions_errors_total":  0,
-		"auditlog_partitions_skipped_total": 0, // RunOnce is not a scheduled tick
+		"auditlog_partitions": 13, // Nov 2025 … Nov 2026
+		// Premake 0: the newest partition is November 2026's.
+		"auditlog_partitions_newest_upper_bound_seconds": float64(utc(2026, 12, 1).Unix()),
+		"auditlog_partitions_created_total":              11, // Jan … Nov 2026
+		"auditlog_partitions_dropped_total":              3,  // Aug … Oct 2025
+		"auditlog_partitions_errors_total":               0,
+		"auditlog_partitions_skipped_total":              0, // RunOnce is not a scheduled tick
 	}, got)
 }
 

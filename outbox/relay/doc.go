@@ -61,9 +61,10 @@
 // With Config.Registerer set the relay registers auditlog_relay_moved_total,
 // auditlog_relay_errors_total, auditlog_relay_dead_letters_total, the
 // auditlog_relay_batch_seconds histogram, and a collector reporting
-// auditlog_outbox_depth and auditlog_outbox_oldest_age_seconds. The collector
-// runs one query per scrape, SELECT count(*), min(recorded_at) FROM
-// audit_outbox: a scan of the outbox, cheap while the relay keeps up (the
-// table holds seconds of events) but proportional to the backlog when it
-// does not.
+// auditlog_outbox_depth, auditlog_outbox_oldest_age_seconds and
+// auditlog_dead_letters (rows now in audit_dead_letters). The collector runs
+// one query per scrape, SELECT count(*), min(recorded_at) FROM audit_outbox
+// plus a count of audit_dead_letters: a scan of the outbox, cheap while the
+// relay keeps up (the table holds seconds of events) but proportional to the
+// backlog when it does not.
 package relay

@@ -11,10 +11,12 @@ import (
 )
 
 // outboxDepthSQL measures the backlog for the outbox collector: one scan of
-// audit_outbox per scrape (see the package doc).
+// audit_outbox per scrape (see the package doc), and the rows set aside in
+// audit_dead_letters (normally none).
 const outboxDepthSQL = `
 SELECT count(*),
-       coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8
+       coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8,
+       (SELECT count(*) FROM audit_dead_letters)
 FROM audit_outbox`
 
 // scrapeTimeout bounds the outbox collector's query.
@@ -89,6 +91,7 @@ type outboxCollector struct {
 	log   *slog.Logger
 	depth *prometheus.Desc
 	age   *prometheus.Desc
+	dead  *prometheus.Desc
 }
 
 func newOutboxCollector(pool *pgxpool.Pool, log *slog.Logger) *outboxCollector {
@@ -99,6 +102,8 @@ func newOutboxCollector(pool *pgxpool.Pool, log *slog.Logger) *outboxCollector {
 			"Events recorded but not yet moved into audit_events.", nil, nil),
 		age: prometheus.NewDesc("auditlog_outbox_oldest_age_seconds",
 			"Age of the oldest event waiting in the outbox (recorded_at), 0 when empty.", nil, nil),
+		dead: prometheus.NewDesc("auditlog_dead_letters",
+			"Rows waiting in audit_dead_letters (all instances), until retried; alert when above 0.", nil, nil),
 	}
 }
 
@@ -106,20 +111,22 @@ func newOutboxCollector(pool *pgxpool.Pool, log *slog.Logger) *outboxCollector {
 func (c *outboxCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.depth
 	ch <- c.age
+	ch <- c.dead
 }
 
 // Collect implements prometheus.Collector. When the database cannot be
-// queried the two metrics are left out of the scrape (alert on their
+// queried the three metrics are left out of the scrape (alert on their
 // absence) rather than failing the whole scrape.
 func (c *outboxCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
-	var depth int64
+	var depth, dead int64
 	var age float64
-	if err := c.pool.QueryRow(ctx, outboxDepthSQL).Scan(&depth, &age); err != nil {
+	if err := c.pool.QueryRow(ctx, outboxDepthSQL).Scan(&depth, &age, &dead); err != nil {
 		c.log.Warn("relay: measuring outbox depth for metrics failed", "error", err)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(depth))
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(dead))
 }

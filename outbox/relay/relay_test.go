@@ -670,6 +670,7 @@ func TestMetrics(t *testing.T) {
 	r := newRelay(t, pool, Config{Registerer: reg})
 	m := gather(t, reg)
 	require.Equal(t, 11.0, m["auditlog_outbox_depth"])
+	require.Equal(t, 0.0, m["auditlog_dead_letters"])
 	require.Contains(t, m, "auditlog_outbox_oldest_age_seconds")
 	require.GreaterOrEqual(t, m["auditlog_outbox_oldest_age_seconds"], 0.0)
 
@@ -677,6 +678,7 @@ func TestMetrics(t *testing.T) {
 	m = gather(t, reg)
 	require.Equal(t, 10.0, m["auditlog_relay_moved_total"])
 	require.Equal(t, 1.0, m["auditlog_relay_dead_letters_total"])
+	require.Equal(t, 1.0, m["auditlog_dead_letters"], "the poison row waits in audit_dead_letters")
 	require.Equal(t, 0.0, m["auditlog_relay_errors_total"])
 	require.Equal(t, 1.0, m["auditlog_relay_batch_seconds"], "one batch found rows")
 	require.Equal(t, 0.0, m["auditlog_outbox_depth"])
