@@ -36,6 +36,10 @@ Usage:
   auditlog deadletters list | retry [--all | POS ...]
   auditlog members invite --workspace W --email E [--role owner] [--name N] [--slack-user U]
   auditlog bench [pipeline|ingest|query|export|all] [flags]
+  auditlog integrity keygen [--out FILE]   new Ed25519 checkpoint signing key (FILE and FILE.pub)
+  auditlog integrity checkpoint [--workspace W]  sign chain heads now
+  auditlog verify --workspace W [--public-key KEY] [--json]   check a workspace's hash chain in the database
+  auditlog verify --file EXPORT.ndjson --public-key KEY --checkpoints CHECKPOINTS.json [--json]   offline
   auditlog healthcheck [--path /healthz] [--timeout 3s]   exit 0 when the local server answers 200 (container HEALTHCHECK)
   auditlog version
 
@@ -70,6 +74,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 2
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errVerifyFailed):
+		return 1 // the report says why
 	default:
 		fmt.Fprintf(stderr, "auditlog: %v\n", err)
 		return 1
@@ -103,6 +109,8 @@ func run(ctx context.Context, intr *interrupts, args []string, stdout, stderr io
 		"bench":       runBench,
 		"members":     runMembers,
 		"healthcheck": runHealthcheck,
+		"integrity":   runIntegrity,
+		"verify":      runVerify,
 	}
 	fn, ok := commands[cmd]
 	if !ok {

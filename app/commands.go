@@ -17,6 +17,7 @@ import (
 	"github.com/auditlog/auditlog/modules/members"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/outbox"
+	"github.com/auditlog/auditlog/outbox/integrity"
 	"github.com/auditlog/auditlog/outbox/relay"
 )
 
@@ -110,12 +111,15 @@ func runExport(ctx context.Context, e *env, args []string) error {
 	})
 }
 
-func (e *env) maintainer(db *database) (*partitions.Maintainer, error) {
+// maintainer returns the partition maintenance, signing prune checkpoints
+// with cp before each drop.
+func (e *env) maintainer(db *database, cp *integrity.Checkpointer) (*partitions.Maintainer, error) {
 	return partitions.New(db.Pool, partitions.Config{
 		Interval:      e.cfg.Retention.PartitionInterval,
 		RetentionDays: e.cfg.Retention.Days,
 		Premake:       e.cfg.Retention.Premake,
 		Logger:        e.logger,
+		BeforeDrop:    cp.BeforeDrop,
 	})
 }
 
@@ -138,7 +142,11 @@ func runPartitions(ctx context.Context, e *env, args []string) error {
 		return usagef("unknown partitions command %q", sub)
 	}
 	return withDatabase(ctx, e, func(db *database) error {
-		m, err := e.maintainer(db)
+		cp, err := e.checkpointer(db)
+		if err != nil {
+			return err
+		}
+		m, err := e.maintainer(db, cp)
 		if err != nil {
 			return err
 		}

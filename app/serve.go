@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/auditlog/auditlog/api/checkpoints"
+
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -65,12 +67,17 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	outbox.SetDefault(rec)
 	reg := prometheus.NewRegistry()
 
+	cps, err := e.checkpointer(db)
+	if err != nil {
+		return err
+	}
 	maint, err := partitions.New(db.Pool, partitions.Config{
 		Interval:      e.cfg.Retention.PartitionInterval,
 		RetentionDays: e.cfg.Retention.Days,
 		Premake:       e.cfg.Retention.Premake,
 		Logger:        log,
 		Registerer:    reg,
+		BeforeDrop:    cps.BeforeDrop,
 	})
 	if err != nil {
 		return err
@@ -86,6 +93,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		maint.Stop(sctx)
 	}
 	defer stopMaint()
+	stopCheckpoints, err := startCheckpoints(ctx, cps, e.cfg.Integrity.CheckpointSchedule, log)
+	if err != nil {
+		return err
+	}
+	defer stopCheckpoints()
 
 	rl, err := relay.New(db.Pool, relay.Config{
 		BatchSize:    e.cfg.Relay.BatchSize,
@@ -125,6 +137,10 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	cph, err := checkpoints.New(db.Pool, cps.Signer(), log)
+	if err != nil {
+		return err
+	}
 	stopSweep := sweepInterruptedExports(ctx, db, rec, log)
 	defer stopSweep()
 
@@ -148,7 +164,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		Logger:   log,
 		Registry: reg,
 		Waker:    rl,
-		V1:       []func(*gin.RouterGroup){evh.Register},
+		V1:       []func(*gin.RouterGroup){evh.Register, cph.Register},
 		Mount: []func(gin.IRouter){func(r gin.IRouter) {
 			mods.Register(r.Group(""))
 		}},
@@ -179,6 +195,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	stopped("relay")
 	stopMaint()
 	stopped("partition_maintenance")
+	stopCheckpoints()
+	stopped("checkpoints")
 	closeDB()
 	stopped("database")
 	log.Info("auditlog: shutdown complete")

@@ -19,8 +19,13 @@ import (
 // ExportAction is the action of the event recording each export.
 const ExportAction = "audit_log.export"
 
-// FormatCSV is the only export format.
-const FormatCSV = "csv"
+// Export formats: the contract's CSV, and NDJSON, one event per line in
+// seq (chain) order with seq, hash and prev_hash, for offline verification
+// (README "Integrity").
+const (
+	FormatCSV    = "csv"
+	FormatNDJSON = "ndjson"
+)
 
 // flushEvery is how many response bytes are buffered before a flush, so the
 // client sees rows steadily without a flush per COPY message.
@@ -47,6 +52,23 @@ func Export(ctx context.Context, conn *pgx.Conn, workspace string, f Filters, gu
 		return 0, fmt.Errorf("exporting events: workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", workspace)
 	}
 	settings, args, copySQL := exportSQL(workspace, f, guard)
+	return copyOut(ctx, conn, settings, args, copySQL, w)
+}
+
+// ExportNDJSON is Export in the ndjson format: each event as one JSON line,
+// the API's event object with seq, hash and prev_hash, in seq order (the
+// chain's order, which offline verification needs).
+func ExportNDJSON(ctx context.Context, conn *pgx.Conn, workspace string, f Filters, w io.Writer) (rows int64, err error) {
+	if !outbox.ValidWorkspaceID(workspace) {
+		return 0, fmt.Errorf("exporting events: workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", workspace)
+	}
+	settings, args, copySQL := exportNDJSONSQL(workspace, f)
+	return copyOut(ctx, conn, settings, args, copySQL, w)
+}
+
+// copyOut runs settings with args then copySQL in a read-only transaction
+// on conn, streaming the COPY output into w.
+func copyOut(ctx context.Context, conn *pgx.Conn, settings string, args []any, copySQL string, w io.Writer) (rows int64, err error) {
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return 0, fmt.Errorf("starting export transaction: %w", err)
@@ -76,7 +98,10 @@ func Export(ctx context.Context, conn *pgx.Conn, workspace string, f Filters, gu
 // 4180 quoting, so a newline inside a quoted field does not count. Bytes
 // and Rows may be read while another goroutine writes.
 type CountingWriter struct {
-	W       io.Writer
+	W io.Writer
+	// NDJSON counts lines instead: every newline ends a record (JSON text
+	// holds none raw) and there is no header.
+	NDJSON  bool
 	bytes   atomic.Int64
 	records atomic.Int64
 	inQuote bool
@@ -88,6 +113,12 @@ func (cw *CountingWriter) Write(p []byte) (int, error) {
 	var recs int64
 	// A doubled quote inside a quoted field toggles twice: no net change.
 	for _, b := range p[:n] {
+		if cw.NDJSON {
+			if b == '\n' {
+				recs++
+			}
+			continue
+		}
 		switch b {
 		case '"':
 			cw.inQuote = !cw.inQuote
@@ -106,24 +137,30 @@ func (cw *CountingWriter) Write(p []byte) (int, error) {
 func (cw *CountingWriter) Bytes() int64 { return cw.bytes.Load() }
 
 // Rows is the number of complete data rows written so far: records less
-// the header.
-func (cw *CountingWriter) Rows() int64 { return max(cw.records.Load()-1, 0) }
+// the CSV header.
+func (cw *CountingWriter) Rows() int64 {
+	if cw.NDJSON {
+		return cw.records.Load()
+	}
+	return max(cw.records.Load()-1, 0)
+}
 
 // responseStream writes the CSV into the response, setting the headers on
 // the first byte (until then an error can still be a JSON error) and
 // flushing every flushEvery bytes.
 type responseStream struct {
-	c         *gin.Context
-	filename  string
-	started   bool
-	unflushed int
+	c           *gin.Context
+	filename    string
+	contentType string
+	started     bool
+	unflushed   int
 }
 
 func (s *responseStream) Write(p []byte) (int, error) {
 	if !s.started {
 		s.started = true
 		h := s.c.Writer.Header()
-		h.Set("Content-Type", "text/csv; charset=utf-8")
+		h.Set("Content-Type", s.contentType)
 		h.Set("Content-Disposition", `attachment; filename="`+s.filename+`"`)
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
@@ -147,8 +184,12 @@ func (h *Handlers) export(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if format, ok := req.own[paramFormat]; ok && format != FormatCSV {
-		badParam(c, paramFormat, "must be csv, the only export format")
+	format := FormatCSV
+	if f, ok := req.own[paramFormat]; ok {
+		format = f
+	}
+	if format != FormatCSV && format != FormatNDJSON {
+		badParam(c, paramFormat, "must be csv or ndjson")
 		return
 	}
 	ctx := c.Request.Context()
@@ -165,6 +206,7 @@ func (h *Handlers) export(c *gin.Context) {
 		WS:      ws,
 		Actor:   outbox.Actor{Type: outbox.ActorAPIKey, ID: req.key.ID, Name: req.key.Name},
 		Filters: exportFilters(req.filters),
+		Format:  format,
 	}
 	if info, ok := outbox.RequestInfoFrom(ctx); ok {
 		intent.Info = info
@@ -176,10 +218,16 @@ func (h *Handlers) export(c *gin.Context) {
 		dberr.Abort(c, err, "starting the export")
 		return
 	}
-	stream := &responseStream{c: c, filename: exportFilename(ws, req.filters)}
+	stream := &responseStream{c: c, filename: exportFilename(ws, req.filters, format), contentType: csvContentType}
 	cw := &CountingWriter{W: stream}
 	began := time.Now()
-	rows, err := Export(ctx, conn.Conn(), ws, req.filters, h.cfg.CSVFormulaGuard, cw)
+	var rows int64
+	if format == FormatNDJSON {
+		stream.contentType, cw.NDJSON = ndjsonContentType, true
+		rows, err = ExportNDJSON(ctx, conn.Conn(), ws, req.filters, cw)
+	} else {
+		rows, err = Export(ctx, conn.Conn(), ws, req.filters, h.cfg.CSVFormulaGuard, cw)
+	}
 	complete := err == nil
 	if !complete {
 		rows = cw.Rows()
@@ -244,10 +292,16 @@ func exportFilters(f Filters) map[string]any {
 	return filters
 }
 
-// exportFilename is auditlog-<workspace>-<from>-<to>.csv with the bounds as
+// Content types of the export formats.
+const (
+	csvContentType    = "text/csv; charset=utf-8"
+	ndjsonContentType = "application/x-ndjson"
+)
+
+// exportFilename is auditlog-<workspace>-<from>-<to>.<format> with the bounds as
 // compact UTC timestamps ("start"/"now" when open), restricted to
 // characters safe in a quoted header and on every file system.
-func exportFilename(workspace string, f Filters) string {
+func exportFilename(workspace string, f Filters, format string) string {
 	from, to := "start", "now"
 	if !f.From.IsZero() {
 		from = f.From.UTC().Format("20060102T150405Z")
@@ -255,7 +309,7 @@ func exportFilename(workspace string, f Filters) string {
 	if !f.To.IsZero() {
 		to = f.To.UTC().Format("20060102T150405Z")
 	}
-	name := "auditlog-" + workspace + "-" + from + "-" + to + ".csv"
+	name := "auditlog-" + workspace + "-" + from + "-" + to + "." + format
 	return strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':

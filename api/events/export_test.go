@@ -109,7 +109,7 @@ func TestExportMatchesModel(t *testing.T) {
 			w := do(testRouter(h, readKey(ws)), "/v1/events/export", q)
 			require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 			require.Equal(t, "text/csv; charset=utf-8", w.Header().Get("Content-Type"))
-			require.Equal(t, fmt.Sprintf(`attachment; filename="%s"`, exportFilename(ws, f)), w.Header().Get("Content-Disposition"))
+			require.Equal(t, fmt.Sprintf(`attachment; filename="%s"`, exportFilename(ws, f, FormatCSV)), w.Header().Get("Content-Disposition"))
 			got := readCSV(t, w.Body.Bytes())
 			require.Len(t, got, len(want), "combination %d: %v in %s", combo, raw, ws)
 			for i := range want {
@@ -415,6 +415,7 @@ func TestExportWriterCountsRows(t *testing.T) {
 func TestExportFilename(t *testing.T) {
 	t.Parallel()
 	f := Filters{From: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2026, 12, 1, 12, 30, 0, 0, time.UTC)}
-	require.Equal(t, "auditlog-ws_acme-20261101T000000Z-20261201T123000Z.csv", exportFilename("ws_acme", f))
-	require.Equal(t, "auditlog-org_1.team-start-now.csv", exportFilename("org:1.team", Filters{}))
+	require.Equal(t, "auditlog-ws_acme-20261101T000000Z-20261201T123000Z.csv", exportFilename("ws_acme", f, FormatCSV))
+	require.Equal(t, "auditlog-org_1.team-start-now.csv", exportFilename("org:1.team", Filters{}, FormatCSV))
+	require.Equal(t, "auditlog-ws-start-now.ndjson", exportFilename("ws", Filters{}, FormatNDJSON))
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -49,6 +50,9 @@ type exportIntent struct {
 	Info  outbox.RequestInfo `json:"request"`
 	// Filters as exportFilters renders them.
 	Filters map[string]any `json:"filters"`
+	// Format is FormatCSV or FormatNDJSON; empty (intents written before
+	// ndjson existed) means csv.
+	Format string `json:"format,omitempty"`
 }
 
 // beginIntent records the intent and takes its lock on conn, which must
@@ -155,7 +159,7 @@ func sweepOnce(ctx context.Context, pool *pgxpool.Pool, rec *outbox.Recorder) (i
 func (in exportIntent) event(rows *int64, complete bool) outbox.Event {
 	details := map[string]any{
 		"filters":  in.Filters,
-		"format":   FormatCSV,
+		"format":   cmp.Or(in.Format, FormatCSV),
 		"complete": complete,
 		"rows":     nil,
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/auditlog/auditlog/outbox/integrity"
 )
 
 // The WHERE clause of both reads is assembled from the constants below only:
@@ -207,6 +209,36 @@ ORDER BY e.occurred_at, e.id`
        set_config('enable_sort', 'off', true)%s`
 )
 
+// The ndjson export: one line per event in seq order (the chain's order).
+// There is no index on seq; the workspace's matching rows are sorted, so
+// unlike the CSV export sorting stays enabled.
+const (
+	exportNDJSONSelectFormat = `SELECT ` + integrity.NDJSONLineSQL + `
+FROM audit_events AS e
+WHERE %s
+ORDER BY e.seq`
+	exportNDJSONCopyFormat     = `COPY (%s) TO STDOUT ` + integrity.NDJSONCopyOptions
+	exportNDJSONSettingsFormat = `SELECT set_config('client_connection_check_interval', '1s', true),
+       set_config('jit', 'off', true)%s`
+)
+
+// exportNDJSONSQL is exportSQL for the ndjson format.
+func exportNDJSONSQL(workspace string, f Filters) (settings string, args []any, copySQL string) {
+	w := buildWhere(settingParam, workspace, f, nil)
+	return fmt.Sprintf(exportNDJSONSettingsFormat, settingAssignments(w)), w.args,
+		fmt.Sprintf(exportNDJSONCopyFormat, fmt.Sprintf(exportNDJSONSelectFormat, w.String()))
+}
+
+// settingAssignments renders the set_config calls storing w's arguments.
+func settingAssignments(w *where) string {
+	var b strings.Builder
+	for i, typ := range w.types {
+		b.WriteString(settingAssignSeparator)
+		fmt.Fprintf(&b, settingAssignFormat, i+1, i+1, typ)
+	}
+	return b.String()
+}
+
 // CSVHeader is the export's header row, the contract's column order.
 var CSVHeader = []string{
 	"id", "occurred_at", "recorded_at", "workspace_id", "action", "actor_type", "actor_id",
@@ -228,10 +260,5 @@ func exportSelect(workspace string, f Filters, guard bool) (settings string, arg
 	if guard {
 		cols = exportColumnsGuarded
 	}
-	var b strings.Builder
-	for i, typ := range w.types {
-		b.WriteString(settingAssignSeparator)
-		fmt.Fprintf(&b, settingAssignFormat, i+1, i+1, typ)
-	}
-	return fmt.Sprintf(exportSettingsFormat, b.String()), w.args, fmt.Sprintf(exportSelectFormat, cols, w.String())
+	return fmt.Sprintf(exportSettingsFormat, settingAssignments(w)), w.args, fmt.Sprintf(exportSelectFormat, cols, w.String())
 }

@@ -94,6 +94,7 @@ type Config struct {
 	Export    Export    `yaml:"export"`
 	Log       Log       `yaml:"log"`
 	Slack     Slack     `yaml:"slack"`
+	Integrity Integrity `yaml:"integrity"`
 }
 
 // Database is the database section.
@@ -203,6 +204,25 @@ type Slack struct {
 	SigningSecret string `yaml:"signing_secret"`
 }
 
+// Integrity is the integrity section: signed checkpoints of the per-workspace
+// hash chains (README "Integrity"). The chain itself is always computed.
+type Integrity struct {
+	// SigningKeyFile is the Ed25519 private key (PKCS #8 PEM, made by
+	// `auditlog integrity keygen`) that signs checkpoints. Empty: no
+	// checkpoints are made on the schedule, and the ones retention makes
+	// are unsigned, which verification with a public key does not trust.
+	// A path that cannot be read is an error at start. Default: "".
+	SigningKeyFile string `yaml:"signing_key_file"`
+	// CheckpointSchedule is the cron spec (UTC; as retention.schedule) on
+	// which every workspace whose chain grew gets a signed checkpoint.
+	// Default: "@every 1h".
+	CheckpointSchedule string `yaml:"checkpoint_schedule"`
+}
+
+// IntegrityCheckpointScheduleDefault is the default of
+// integrity.checkpoint_schedule.
+const IntegrityCheckpointScheduleDefault = "@every 1h"
+
 // Default returns the built-in defaults; they pass Validate.
 func Default() Config {
 	return Config{
@@ -241,6 +261,9 @@ func Default() Config {
 		Log: Log{
 			Level:  LogLevelDefault,
 			Format: LogFormatDefault,
+		},
+		Integrity: Integrity{
+			CheckpointSchedule: IntegrityCheckpointScheduleDefault,
 		},
 	}
 }

@@ -79,6 +79,9 @@ func (c Config) Validate() error {
 		bad("retention.partition_interval", `must be "day" or "month", got %q`, p)
 	}
 	intRange("retention.premake", int64(c.Retention.Premake), 0, 1000)
+	if _, err := ScheduleParser.Parse(c.Integrity.CheckpointSchedule); err != nil {
+		bad("integrity.checkpoint_schedule", "bad cron spec: %v", err)
+	}
 	if _, err := ScheduleParser.Parse(c.Retention.Schedule); err != nil {
 		bad("retention.schedule", "bad cron spec: %v", err)
 	}

@@ -505,7 +505,13 @@ func (r *run) drop(ctx context.Context, p Partition) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w: %w", what, errTxBroken, err)
 	}
-	if _, err := sp.Exec(ctx, fmt.Sprintf(dropPartitionSQL, pgx.Identifier{r.st.schema, p.Name}.Sanitize())); err != nil {
+	if r.m.beforeDrop != nil {
+		err = r.m.beforeDrop(ctx, sp, p.From, p.To)
+	}
+	if err == nil {
+		_, err = sp.Exec(ctx, fmt.Sprintf(dropPartitionSQL, pgx.Identifier{r.st.schema, p.Name}.Sanitize()))
+	}
+	if err != nil {
 		if rbErr := sp.Rollback(ctx); rbErr != nil {
 			return fmt.Errorf("%s: %w: %w (rolling back savepoint: %w)", what, errTxBroken, err, rbErr)
 		}

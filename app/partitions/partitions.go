@@ -91,6 +91,12 @@ type Config struct {
 	// auditlog_partitions_created_total, auditlog_partitions_dropped_total
 	// and auditlog_partitions_errors_total. Default: none.
 	Registerer prometheus.Registerer
+	// BeforeDrop, when set, runs inside the dropping transaction just
+	// before the partition holding occurred_at in [from, to) is dropped
+	// (from is zero for an unbounded partition); an error keeps the
+	// partition. Integrity uses it to sign bridges over the chain links
+	// the drop removes. Default: none.
+	BeforeDrop func(ctx context.Context, tx pgx.Tx, from, to time.Time) error
 }
 
 // Maintainer creates, drops and lists the partitions of audit_events. Its
@@ -106,6 +112,7 @@ type Maintainer struct {
 	logger            *slog.Logger
 	now               func() time.Time
 	metrics           metrics
+	beforeDrop        func(ctx context.Context, tx pgx.Tx, from, to time.Time) error
 
 	mu          sync.Mutex // guards the scheduler fields below
 	cron        *cron.Cron
@@ -153,6 +160,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Maintainer, error) {
 		logger:            cfg.Logger,
 		ddlPerTransaction: ddlPerTransactionDefault,
 		now:               cfg.Now,
+		beforeDrop:        cfg.BeforeDrop,
 		metrics:           newMetrics(),
 	}
 	if cfg.Registerer != nil {

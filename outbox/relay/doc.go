@@ -29,18 +29,22 @@
 //  1. claim up to BatchSize rows: SELECT pos ... ORDER BY pos LIMIT n
 //     FOR UPDATE SKIP LOCKED (rows of uncommitted business transactions are
 //     invisible; rows claimed by another relay are skipped);
-//  2. in one statement: take the audit_seq row lock and advance it by n,
-//     delete the claimed rows from the outbox and insert them into
-//     audit_events with seq = the reserved range in pos order, ON CONFLICT
-//     (workspace_id, occurred_at, id) DO NOTHING;
-//  3. commit.
+//  2. take the audit_seq row lock (SELECT ... FOR UPDATE), so the next
+//     statement sees every earlier move;
+//  3. in one statement: advance the counter by n, delete the claimed rows
+//     from the outbox, skip events already stored (or repeated in the
+//     batch), and insert the rest into audit_events with seq = the
+//     reserved range in pos order and each workspace's hash chain extended
+//     (prev_hash, hash; see package integrity), writing the new chain heads;
+//  4. commit.
 //
 // The counter row stays locked until commit, so the next move (by any relay)
 // gets its range only after this one is visible: seq is strictly increasing
 // in commit order, and a reader that has seen seq <= N has seen every event
 // with seq <= N. Claiming happens before the lock, so relays overlap there.
 // An event already stored (same workspace, occurred_at and id) is consumed
-// and stored once; its reserved seq is left unused (gaps are allowed).
+// and stored once, outside the chain; its reserved seq is left unused (gaps
+// are allowed).
 //
 // # Rows that cannot be stored
 //

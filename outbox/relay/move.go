@@ -40,19 +40,31 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) claimed`
 
+// lockSeqSQL takes the audit_seq counter row lock, held until commit, before
+// the move statement starts: in READ COMMITTED each statement sees what was
+// committed when it began, so the move that follows sees every earlier
+// move's events and chain heads. Moves are serialised from here to commit.
+const lockSeqSQL = `SELECT last_seq FROM audit_seq FOR UPDATE`
+
 // moveSQL moves the outbox rows at positions $1, which this transaction has
-// claimed, into audit_events. It reserves cardinality($1) seq values by
-// advancing the audit_seq row, whose lock is held until commit, so seq is
-// strictly increasing in commit order; within the batch seq follows pos.
-// An event already stored is skipped (its seq stays unused). Returns the
-// last reserved seq, the rows deleted from the outbox and the rows stored.
+// claimed, into audit_events, and extends each workspace's hash chain. It
+// reserves cardinality($1) seq values by advancing the audit_seq row, which
+// lockSeqSQL has locked, so seq is strictly increasing in commit order;
+// within the batch seq follows pos. An event already stored (or repeated in
+// the batch) is skipped before seq and hashes are assigned, so the chain
+// links only stored events; its seq value stays unused. Returns the number
+// of events stored, the rows deleted from the outbox and the last reserved
+// seq.
+//
+// The chain: audit_chain(head, canonical bytes) OVER the workspace's events
+// in seq order yields prev_hash || hash per event (migration 00008), head
+// being the workspace's stored chain head or 32 zero bytes; the new heads
+// are written back in the same statement.
 //
 // The counter is read through a scalar subquery, not a join: the planner
 // knows nothing of audit_seq's one row, and a join estimated at thousands of
 // rows per event pushed the plan's cost past jit_above_cost, making each
-// move spend most of a second compiling. The result columns are evaluated
-// in order, so the counter is first read (and locked) only once the rows
-// are deleted and sorted, keeping the serialised part of a move short.
+// move spend most of a second compiling.
 const moveSQL = `
 WITH counter AS (
     UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
@@ -61,19 +73,46 @@ WITH counter AS (
     DELETE FROM audit_outbox
     WHERE pos = ANY($1::bigint[])
     RETURNING *
+), fresh AS (
+    SELECT DISTINCT ON (m.workspace_id, m.occurred_at, m.id) m.*
+    FROM moved m
+    WHERE NOT EXISTS (
+        SELECT 1 FROM audit_events e
+        WHERE e.workspace_id = m.workspace_id AND e.occurred_at = m.occurred_at AND e.id = m.id)
+    ORDER BY m.workspace_id, m.occurred_at, m.id, m.pos
+), numbered AS (
+    SELECT f.*,
+           (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY f.pos) AS seq
+    FROM fresh f
+), chained AS (
+    SELECT n.*,
+           audit_chain(coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
+                       convert_to(audit_event_canonical(
+                           n.id, n.workspace_id, n.occurred_at, n.recorded_at, n.action, n.actor_type,
+                           n.actor_id, n.actor_email, n.actor_name, n.resource_type, n.resource_ids,
+                           n.source, n.ip, n.user_agent, n.request_id, n.details), 'UTF8'))
+               OVER (PARTITION BY n.workspace_id ORDER BY n.seq) AS link
+    FROM numbered n
+    LEFT JOIN audit_chain_heads h ON h.workspace_id = n.workspace_id
 ), stored AS (
     INSERT INTO audit_events (
         seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
         actor_id, actor_email, actor_name, resource_type, resource_ids,
-        resource_ids_flat, source, ip, user_agent, request_id, details
+        resource_ids_flat, source, ip, user_agent, request_id, details,
+        prev_hash, hash
     )
-    SELECT (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY m.pos),
-           m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
-           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
-           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details
-    FROM moved m
-    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
+    SELECT c.seq, c.id, c.workspace_id, c.occurred_at, c.recorded_at, c.action, c.actor_type,
+           c.actor_id, c.actor_email, c.actor_name, c.resource_type, c.resource_ids,
+           c.resource_ids_flat, c.source, c.ip, c.user_agent, c.request_id, c.details,
+           substring(c.link FROM 1 FOR 32), substring(c.link FROM 33 FOR 32)
+    FROM chained c
     RETURNING 1
+), heads AS (
+    INSERT INTO audit_chain_heads (workspace_id, seq, hash)
+    SELECT DISTINCT ON (c.workspace_id) c.workspace_id, c.seq, substring(c.link FROM 33 FOR 32)
+    FROM chained c
+    ORDER BY c.workspace_id, c.seq DESC
+    ON CONFLICT (workspace_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash
 )
 SELECT (SELECT count(*) FROM stored),
        (SELECT count(*) FROM moved),
@@ -270,6 +309,9 @@ func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, 
 		return res, tx.Commit(ctx)
 	}
 
+	if _, err := tx.Exec(ctx, lockSeqSQL); err != nil {
+		return res, fmt.Errorf("locking the seq counter: %w", err)
+	}
 	var moved, stored int64
 	if err := tx.QueryRow(ctx, moveSQL, res.claimed).Scan(&stored, &moved, &res.lastSeq); err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",

@@ -90,7 +90,7 @@ type Stats struct {
 	// duplicates included.
 	Moved uint64
 	// Duplicates is the number of moved rows whose event was already
-	// stored (ON CONFLICT DO NOTHING), so stored once.
+	// stored (or repeated within the batch), so stored once.
 	Duplicates uint64
 	// DeadLettered is the number of rows set aside in audit_dead_letters.
 	DeadLettered uint64

@@ -1,0 +1,372 @@
+package integrity
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/gowebpki/jcs"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/auditlog/auditlog/outbox"
+)
+
+// Kinds of checkpoint.
+const (
+	KindScheduled = "scheduled"
+	KindManual    = "manual"
+	KindPrune     = "prune"
+)
+
+// Bridge says the chain ran from FromHash to ToHash through the events
+// FirstSeq..LastSeq (Events of them), which retention dropped with their
+// partition. Hashes are lowercase hex.
+type Bridge struct {
+	FromHash string `json:"from_hash"`
+	ToHash   string `json:"to_hash"`
+	FirstSeq int64  `json:"first_seq"`
+	LastSeq  int64  `json:"last_seq"`
+	Events   int64  `json:"events"`
+}
+
+// Checkpoint is a signed statement that workspace's chain had its head at
+// Seq with Hash at CreatedAt. It is also the JSON GET /v1/checkpoints
+// returns and `auditlog verify --checkpoints` reads.
+type Checkpoint struct {
+	// ID numbers checkpoints in creation order; not signed.
+	ID          int64  `json:"id"`
+	WorkspaceID string `json:"workspace_id"`
+	// Seq is the seq of the head event, 0 for an empty chain.
+	Seq int64 `json:"seq"`
+	// Hash is the head event's hash in lowercase hex (Genesis when empty).
+	Hash string `json:"hash"`
+	// CreatedAt is in the contract's timestamp form.
+	CreatedAt string `json:"created_at"`
+	// Kind is scheduled, manual or prune.
+	Kind string `json:"kind"`
+	// Bridges are the stretches of chain a prune removed (kind prune only;
+	// empty otherwise, never null).
+	Bridges []Bridge `json:"bridges"`
+	// KeyID names the signing key ([KeyID]); null when unsigned.
+	KeyID *string `json:"key_id"`
+	// Signature is standard base64 of the Ed25519 signature over
+	// SignedBytes; null when no signing key was configured.
+	Signature *string `json:"signature"`
+}
+
+// signedCheckpoint is what a signature covers: every member but id and
+// signature.
+type signedCheckpoint struct {
+	WorkspaceID string   `json:"workspace_id"`
+	Seq         int64    `json:"seq"`
+	Hash        string   `json:"hash"`
+	CreatedAt   string   `json:"created_at"`
+	Kind        string   `json:"kind"`
+	Bridges     []Bridge `json:"bridges"`
+	KeyID       *string  `json:"key_id"`
+}
+
+// SignedBytes returns the bytes the signature covers: the RFC 8785 form of
+// the checkpoint's JSON object without "id" and "signature".
+func (c Checkpoint) SignedBytes() ([]byte, error) {
+	bridges := c.Bridges
+	if bridges == nil {
+		bridges = []Bridge{}
+	}
+	raw, err := json.Marshal(signedCheckpoint{
+		WorkspaceID: c.WorkspaceID, Seq: c.Seq, Hash: c.Hash, CreatedAt: c.CreatedAt,
+		Kind: c.Kind, Bridges: bridges, KeyID: c.KeyID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encoding checkpoint: %w", err)
+	}
+	return jcs.Transform(raw)
+}
+
+// ErrUnsigned is returned by VerifySignature for a checkpoint made without
+// a signing key.
+var ErrUnsigned = errors.New("checkpoint is not signed")
+
+// VerifySignature checks c's signature with pub.
+func (c Checkpoint) VerifySignature(pub ed25519.PublicKey) error {
+	if c.Signature == nil || c.KeyID == nil {
+		return ErrUnsigned
+	}
+	if *c.KeyID != KeyID(pub) {
+		return fmt.Errorf("signed by key %s, not by the given key %s", *c.KeyID, KeyID(pub))
+	}
+	sig, err := base64.StdEncoding.DecodeString(*c.Signature)
+	if err != nil {
+		return fmt.Errorf("signature is not base64: %w", err)
+	}
+	msg, err := c.SignedBytes()
+	if err != nil {
+		return err
+	}
+	if !ed25519.Verify(pub, msg, sig) {
+		return errors.New("signature does not match the checkpoint's content")
+	}
+	return nil
+}
+
+// sign sets KeyID and Signature with s; a nil s leaves c unsigned.
+func (c *Checkpoint) sign(s *Signer) error {
+	if s == nil {
+		c.KeyID, c.Signature = nil, nil
+		return nil
+	}
+	id := s.KeyID()
+	c.KeyID = &id
+	msg, err := c.SignedBytes()
+	if err != nil {
+		return err
+	}
+	sig := base64.StdEncoding.EncodeToString(s.Sign(msg))
+	c.Signature = &sig
+	return nil
+}
+
+// Checkpointer makes checkpoints.
+type Checkpointer struct {
+	pool   *pgxpool.Pool
+	signer *Signer
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// NewCheckpointer returns a Checkpointer over pool signing with signer; a
+// nil signer makes unsigned checkpoints (verification with a public key
+// does not trust them). logger may be nil (slog.Default()).
+func NewCheckpointer(pool *pgxpool.Pool, signer *Signer, logger *slog.Logger) (*Checkpointer, error) {
+	if pool == nil {
+		return nil, errors.New("integrity: NewCheckpointer: pool is nil")
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Checkpointer{pool: pool, signer: signer, log: logger, now: time.Now}, nil
+}
+
+// Signer returns the checkpointer's signer, nil when unsigned.
+func (c *Checkpointer) Signer() *Signer { return c.signer }
+
+// headsToCheckpointSQL lists chain heads ($1 = ” for every workspace) that
+// moved past the workspace's last checkpoint, or all of them when $2.
+const headsToCheckpointSQL = `
+SELECT h.workspace_id, h.seq, h.hash
+FROM audit_chain_heads h
+WHERE ($1 = '' OR h.workspace_id = $1)
+  AND ($2 OR h.seq > coalesce(
+        (SELECT max(c.seq) FROM audit_checkpoints c WHERE c.workspace_id = h.workspace_id), 0))
+ORDER BY h.workspace_id`
+
+// headSQL reads workspace $1's chain head.
+const headSQL = `SELECT seq, hash FROM audit_chain_heads WHERE workspace_id = $1`
+
+const insertCheckpointSQL = `
+INSERT INTO audit_checkpoints (workspace_id, seq, hash, created_at, kind, bridges, key_id, signature)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id`
+
+// Checkpoint signs the current chain head of workspace (every workspace
+// when ""), of kind KindScheduled or KindManual. Without force, only heads
+// that moved since the workspace's last checkpoint get one. It returns the
+// checkpoints made.
+func (c *Checkpointer) Checkpoint(ctx context.Context, workspace, kind string, force bool) ([]Checkpoint, error) {
+	if kind != KindScheduled && kind != KindManual {
+		return nil, fmt.Errorf("making checkpoints: kind %q: want %q or %q", kind, KindScheduled, KindManual)
+	}
+	rows, err := c.pool.Query(ctx, headsToCheckpointSQL, workspace, force)
+	if err != nil {
+		return nil, fmt.Errorf("reading chain heads: %w", err)
+	}
+	type head struct {
+		ws   string
+		seq  int64
+		hash []byte
+	}
+	heads, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (head, error) {
+		var h head
+		return h, r.Scan(&h.ws, &h.seq, &h.hash)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading chain heads: %w", err)
+	}
+	if workspace != "" && force && len(heads) == 0 {
+		heads = append(heads, head{ws: workspace, hash: Genesis}) // an empty chain
+	}
+	made := make([]Checkpoint, 0, len(heads))
+	for _, h := range heads {
+		cp, err := c.insert(ctx, c.pool, h.ws, h.seq, h.hash, kind, nil)
+		if err != nil {
+			return made, err
+		}
+		made = append(made, cp)
+	}
+	if len(made) > 0 {
+		c.log.InfoContext(ctx, "integrity: checkpoints made", "kind", kind, "checkpoints", len(made))
+	}
+	return made, nil
+}
+
+type execQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// insert builds, signs and stores one checkpoint.
+func (c *Checkpointer) insert(ctx context.Context, q execQuerier, ws string, seq int64, hash []byte, kind string, bridges []Bridge) (Checkpoint, error) {
+	if bridges == nil {
+		bridges = []Bridge{}
+	}
+	created := c.now().UTC().Truncate(time.Millisecond)
+	cp := Checkpoint{
+		WorkspaceID: ws, Seq: seq, Hash: hex.EncodeToString(hash),
+		CreatedAt: outbox.FormatTime(created), Kind: kind, Bridges: bridges,
+	}
+	if err := cp.sign(c.signer); err != nil {
+		return Checkpoint{}, fmt.Errorf("signing checkpoint of workspace %s: %w", ws, err)
+	}
+	bridgesJSON, err := json.Marshal(bridges)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("encoding bridges: %w", err)
+	}
+	var sig []byte
+	if cp.Signature != nil {
+		sig, _ = base64.StdEncoding.DecodeString(*cp.Signature)
+	}
+	if err := q.QueryRow(ctx, insertCheckpointSQL, ws, seq, hash, created, kind,
+		string(bridgesJSON), cp.KeyID, sig).Scan(&cp.ID); err != nil {
+		return Checkpoint{}, fmt.Errorf("storing checkpoint of workspace %s: %w", ws, err)
+	}
+	return cp, nil
+}
+
+// listCheckpointsSQL lists workspace $1's checkpoints, oldest first.
+const listCheckpointsSQL = `
+SELECT id, workspace_id, seq, hash, created_at, kind, bridges, key_id, signature
+FROM audit_checkpoints
+WHERE workspace_id = $1
+ORDER BY id`
+
+// Querier is what List reads through: a pool, a connection or a
+// transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// List returns workspace's checkpoints, oldest first.
+func List(ctx context.Context, q Querier, workspace string) ([]Checkpoint, error) {
+	rows, err := q.Query(ctx, listCheckpointsSQL, workspace)
+	if err != nil {
+		return nil, fmt.Errorf("listing checkpoints: %w", err)
+	}
+	cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Checkpoint, error) {
+		var (
+			cp      Checkpoint
+			hash    []byte
+			created time.Time
+			bridges string
+			sig     []byte
+		)
+		if err := r.Scan(&cp.ID, &cp.WorkspaceID, &cp.Seq, &hash, &created, &cp.Kind, &bridges, &cp.KeyID, &sig); err != nil {
+			return cp, err
+		}
+		cp.Hash = hex.EncodeToString(hash)
+		cp.CreatedAt = outbox.FormatTime(created)
+		if err := json.Unmarshal([]byte(bridges), &cp.Bridges); err != nil {
+			return cp, fmt.Errorf("checkpoint %d: bridges: %w", cp.ID, err)
+		}
+		if sig != nil {
+			s := base64.StdEncoding.EncodeToString(sig)
+			cp.Signature = &s
+		}
+		return cp, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing checkpoints: %w", err)
+	}
+	return cps, nil
+}
+
+// bridgesSQL finds, among the chained events with occurred_at in [$1, $2)
+// (a partition about to be dropped), the stretches that are consecutive in
+// their workspace's chain: a stretch starts at an event whose prev_hash is
+// not the hash of the partition's previous event of that workspace, and
+// ends where the next one starts.
+const bridgesSQL = `
+WITH linked AS (
+    SELECT workspace_id, seq, prev_hash, hash,
+           prev_hash IS DISTINCT FROM lag(hash) OVER w AS starts,
+           coalesce(lead(prev_hash) OVER w IS DISTINCT FROM hash, true) AS ends
+    FROM audit_events
+    WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) AND occurred_at < $2 AND hash IS NOT NULL
+    WINDOW w AS (PARTITION BY workspace_id ORDER BY seq)
+), runs AS (
+    SELECT *, count(*) FILTER (WHERE starts) OVER (PARTITION BY workspace_id ORDER BY seq) AS run
+    FROM linked
+)
+SELECT workspace_id, min(seq), max(seq), count(*),
+       (array_agg(prev_hash) FILTER (WHERE starts))[1],
+       (array_agg(hash) FILTER (WHERE ends))[1]
+FROM runs
+GROUP BY workspace_id, run
+ORDER BY workspace_id, min(seq)`
+
+// BeforeDrop records, inside tx and before the partition holding
+// occurred_at in [from, to) is dropped (from zero: no lower bound), a prune
+// checkpoint for every workspace with chained events in it, carrying the
+// bridges over them. Dropping then removes only what the checkpoints
+// account for, so what remains still verifies.
+func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.Time) error {
+	var fromArg *time.Time
+	if !from.IsZero() {
+		fromArg = &from
+	}
+	rows, err := tx.Query(ctx, bridgesSQL, fromArg, to)
+	if err != nil {
+		return fmt.Errorf("finding the chain links of events before %s: %w", to.Format(time.RFC3339), err)
+	}
+	byWorkspace := map[string][]Bridge{}
+	var order []string
+	for rows.Next() {
+		var (
+			ws       string
+			b        Bridge
+			fromHash []byte
+			toHash   []byte
+		)
+		if err := rows.Scan(&ws, &b.FirstSeq, &b.LastSeq, &b.Events, &fromHash, &toHash); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading chain links: %w", err)
+		}
+		b.FromHash, b.ToHash = hex.EncodeToString(fromHash), hex.EncodeToString(toHash)
+		if _, seen := byWorkspace[ws]; !seen {
+			order = append(order, ws)
+		}
+		byWorkspace[ws] = append(byWorkspace[ws], b)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading chain links: %w", err)
+	}
+	for _, ws := range order {
+		var (
+			seq  int64
+			hash []byte
+		)
+		if err := tx.QueryRow(ctx, headSQL, ws).Scan(&seq, &hash); err != nil {
+			return fmt.Errorf("reading the chain head of workspace %s: %w", ws, err)
+		}
+		if _, err := c.insert(ctx, tx, ws, seq, hash, KindPrune, byWorkspace[ws]); err != nil {
+			return err
+		}
+		c.log.InfoContext(ctx, "integrity: prune checkpoint made", "workspace", ws, "bridges", len(byWorkspace[ws]))
+	}
+	return nil
+}
