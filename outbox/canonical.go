@@ -1,10 +1,7 @@
 package outbox
 
 import (
-	"fmt"
-	"sort"
 	"strconv"
-	"strings"
 )
 
 // MaxJSONDepth bounds the nesting of details objects; deeper input is refused
@@ -20,91 +17,76 @@ func CanonicalObject(raw []byte) ([]byte, error) {
 	return canonicalJSON(raw)
 }
 
-// flattenIDs renders normalised resource ids as the contract's flat form:
-// key=value pairs sorted by key (byte order) joined by ';', array values
+// appendFlatIDs appends normalised resource ids (sorted by key) in the
+// contract's flat form: key=value pairs joined by ';', array values
 // (already de-duplicated and sorted) joined by ','; '%', ';', ',' and '='
 // inside keys and values percent-encoded.
-func flattenIDs(ids map[string][]string) string {
-	if len(ids) == 0 {
-		return ""
-	}
-	keys := make([]string, 0, len(ids))
-	for k := range ids {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for i, k := range keys {
+func appendFlatIDs(dst []byte, ids []idEntry) []byte {
+	for i := range ids {
 		if i > 0 {
-			b.WriteByte(';')
+			dst = append(dst, ';')
 		}
-		b.WriteString(escapeFlat(k))
-		b.WriteByte('=')
-		for j, v := range ids[k] {
+		dst = appendFlat(dst, ids[i].key)
+		dst = append(dst, '=')
+		for j, v := range ids[i].values() {
 			if j > 0 {
-				b.WriteByte(',')
+				dst = append(dst, ',')
 			}
-			b.WriteString(escapeFlat(v))
+			dst = appendFlat(dst, v)
 		}
 	}
-	return b.String()
+	return dst
 }
 
-func escapeFlat(s string) string {
-	if !strings.ContainsAny(s, "%;,=") {
-		return s
-	}
-	var b strings.Builder
+func appendFlat(dst []byte, s string) []byte {
+	const hex = "0123456789ABCDEF"
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
 		case '%', ';', ',', '=':
-			fmt.Fprintf(&b, "%%%02X", c)
+			dst = append(dst, '%', hex[c>>4], hex[c&0xF])
 		default:
-			b.WriteByte(c)
+			dst = append(dst, c)
 		}
 	}
-	return b.String()
+	return dst
 }
 
 // FlattenResourceIDs normalises ids exactly as recording does and returns
 // the flattened form; an empty or nil map flattens to "".
 func FlattenResourceIDs(ids map[string]any) (string, error) {
-	norm, _, err := normaliseIDs(ids)
+	norm, err := normaliseIDs(ids)
 	if err != nil {
 		return "", err
 	}
-	return flattenIDs(norm), nil
+	return string(appendFlatIDs(nil, norm)), nil
 }
 
-// canonicalIDs is the stored JSON form of normalised ids: values that were a
-// single string or number are strings, arrays are sorted de-duplicated
-// string arrays. Keys are [a-z0-9_], so byte order is RFC 8785 order.
-func canonicalIDs(ids map[string][]string, single map[string]bool) []byte {
-	if len(ids) == 0 {
-		return nil
-	}
-	keys := sortedKeys(ids)
-	out := []byte{'{'}
-	for i, k := range keys {
+// appendCanonicalIDs appends the stored JSON form of normalised ids: values
+// that were a single string or number are strings, arrays are sorted
+// de-duplicated string arrays. Keys are [a-z0-9_], so their byte order
+// (normaliseIDs sorts by it) is RFC 8785 order.
+func appendCanonicalIDs(dst []byte, ids []idEntry) []byte {
+	dst = append(dst, '{')
+	for i := range ids {
 		if i > 0 {
-			out = append(out, ',')
+			dst = append(dst, ',')
 		}
-		out = appendJCSString(out, k)
-		out = append(out, ':')
-		if single[k] {
-			out = appendJCSString(out, ids[k][0])
+		dst = appendJCSString(dst, ids[i].key)
+		dst = append(dst, ':')
+		if ids[i].single {
+			dst = appendJCSString(dst, ids[i].one)
 			continue
 		}
-		out = append(out, '[')
-		for j, v := range ids[k] {
+		dst = append(dst, '[')
+		for j, v := range ids[i].vals {
 			if j > 0 {
-				out = append(out, ',')
+				dst = append(dst, ',')
 			}
-			out = appendJCSString(out, v)
+			dst = appendJCSString(dst, v)
 		}
-		out = append(out, ']')
+		dst = append(dst, ']')
 	}
-	return append(out, '}')
+	return append(dst, '}')
 }
 
 // hasLoneSurrogate reports whether raw JSON escapes a UTF-16 surrogate

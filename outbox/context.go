@@ -91,12 +91,32 @@ func Restore(ctx context.Context, data []byte) (context.Context, error) {
 
 // fromContext fills the fields e leaves unset from ctx.
 func fromContext(ctx context.Context, e Event) Event {
-	if e.Actor.IsZero() {
-		if a, ok := ActorFrom(ctx); ok {
-			e.Actor = a
-		}
+	c := contextOf(ctx)
+	return c.fill(e)
+}
+
+// auditContext is what ctx carries for recording, looked up once per batch
+// rather than once per event.
+type auditContext struct {
+	actor      Actor
+	hasActor   bool
+	request    RequestInfo
+	hasRequest bool
+}
+
+func contextOf(ctx context.Context) auditContext {
+	var c auditContext
+	c.actor, c.hasActor = ActorFrom(ctx)
+	c.request, c.hasRequest = RequestInfoFrom(ctx)
+	return c
+}
+
+// fill sets the fields e leaves unset from c.
+func (c *auditContext) fill(e Event) Event {
+	if e.Actor.IsZero() && c.hasActor {
+		e.Actor = c.actor
 	}
-	if i, ok := RequestInfoFrom(ctx); ok {
+	if i := &c.request; c.hasRequest {
 		if e.WorkspaceID == "" {
 			e.WorkspaceID = i.WorkspaceID
 		}

@@ -1,10 +1,8 @@
 package outbox
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 	"unicode/utf8"
 )
@@ -14,144 +12,351 @@ import (
 // refused with a *ValidationError naming the field. It does not normalise;
 // recording does.
 func DecodeEvent(data []byte) (Event, error) {
-	var e Event
 	if !utf8.Valid(data) {
-		return e, invalid("event", "is not valid UTF-8")
+		return Event{}, invalid("event", "is not valid UTF-8")
 	}
 	if hasLoneSurrogate(data) {
-		return e, invalid("event", "has an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
+		return Event{}, invalid("event", "has an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
 	}
-	var fields map[string]json.RawMessage
-	if err := strictUnmarshal(data, &fields); err != nil || fields == nil {
-		return e, invalid("event", "must be a JSON object")
+	e, n, err := DecodeEventFrom(data)
+	if err != nil {
+		return Event{}, err
 	}
-	for name, raw := range fields {
-		var err error
-		switch name {
-		case "id":
-			err = decodeString(raw, &e.ID)
-		case "workspace_id":
-			err = decodeString(raw, &e.WorkspaceID)
-		case "occurred_at":
-			var s string
-			if err = decodeString(raw, &s); err == nil && s != "" {
-				e.OccurredAt, err = time.Parse(time.RFC3339Nano, s)
-				if err != nil {
-					err = errors.New("must be an RFC 3339 timestamp with an offset")
-				}
-			}
-		case "recorded_at":
-			err = errors.New("is set by the server and cannot be supplied")
-		case "action":
-			err = decodeString(raw, &e.Action)
-		case "actor":
-			var a map[string]json.RawMessage
-			if isNull(raw) {
-				break
-			}
-			if strictUnmarshal(raw, &a) != nil || a == nil {
-				err = errors.New("must be an object")
-				break
-			}
-			for k, v := range a {
-				var ferr error
-				switch k {
-				case "type":
-					ferr = decodeString(v, &e.Actor.Type)
-				case "id":
-					ferr = decodeString(v, &e.Actor.ID)
-				case "email":
-					ferr = decodeString(v, &e.Actor.Email)
-				case "name":
-					ferr = decodeString(v, &e.Actor.Name)
-				default:
-					ferr = errors.New("is not a field of actor")
-				}
-				if ferr != nil {
-					return e, invalid("actor."+k, "%v", ferr)
-				}
-			}
-		case "resource":
-			if isNull(raw) {
-				break
-			}
-			var r map[string]json.RawMessage
-			if strictUnmarshal(raw, &r) != nil || r == nil {
-				err = errors.New("must be an object")
-				break
-			}
-			for k, v := range r {
-				var ferr error
-				switch k {
-				case "type":
-					ferr = decodeString(v, &e.Resource.Type)
-				case "ids":
-					if isNull(v) {
-						break
-					}
-					var ids map[string]any
-					if strictUnmarshal(v, &ids) != nil || ids == nil {
-						ferr = errors.New("must be an object")
-						break
-					}
-					e.Resource.IDs = ids
-				default:
-					ferr = errors.New("is not a field of resource")
-				}
-				if ferr != nil {
-					return e, invalid("resource."+k, "%v", ferr)
-				}
-			}
-		case "source":
-			err = decodeString(raw, &e.Source)
-		case "ip":
-			err = decodeString(raw, &e.IP)
-		case "user_agent":
-			err = decodeString(raw, &e.UserAgent)
-		case "request_id":
-			err = decodeString(raw, &e.RequestID)
-		case "details":
-			if isNull(raw) {
-				break
-			}
-			if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
-				err = errors.New("must be a JSON object")
-				break
-			}
-			e.Details = json.RawMessage(raw)
-		default:
-			err = errors.New("is not a field of an event")
-		}
-		if err != nil {
-			return e, invalid(name, "%v", err)
-		}
+	d := eventDecoder{jcsParser{s: data, i: n}}
+	d.skipSpace()
+	if d.i != len(data) {
+		return Event{}, invalid("event", "must be a single JSON object; found more after it at byte %d", d.i)
 	}
 	return e, nil
 }
 
-// strictUnmarshal decodes with numbers kept as json.Number, so resource ids
-// keep every digit.
-func strictUnmarshal(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return err
+// DecodeEventFrom parses the event object at the start of data (after any
+// whitespace) as DecodeEvent does, and returns the number of bytes up to the
+// end of the object; what follows is the caller's (a ',' in a batch). data
+// must be valid UTF-8, which the caller checks once for a whole body.
+//
+// It reads the event in one pass straight into an Event: each field is
+// parsed as the type it must have, details are checked to be one JSON
+// object (and copied as they are when already canonical, else
+// canonicalised here), so an ingested body is scanned once rather than
+// decoded into generic maps and again into each field.
+func DecodeEventFrom(data []byte) (Event, int, error) {
+	d := eventDecoder{jcsParser{s: data}}
+	e, err := d.event()
+	if err != nil {
+		return Event{}, 0, err
 	}
-	if dec.More() {
-		return errors.New("trailing data")
+	return e, d.i, nil
+}
+
+// eventDecoder parses events on top of the canonicaliser's scanner.
+type eventDecoder struct{ jcsParser }
+
+// syntax turns a scanner error into the error of field (the event itself
+// for a malformed document).
+func (d *eventDecoder) syntax(err error) error {
+	if errors.Is(err, errLoneSurrogate) {
+		return invalid("event", "has an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)")
 	}
+	return invalid("event", "%v", err)
+}
+
+// peek skips whitespace and returns the next byte, 0 at the end.
+func (d *eventDecoder) peek() byte {
+	d.skipSpace()
+	if d.i >= len(d.s) {
+		return 0
+	}
+	return d.s[d.i]
+}
+
+// null consumes a JSON null if one is next.
+func (d *eventDecoder) null() bool {
+	if d.peek() == 'n' && len(d.s)-d.i >= 4 && string(d.s[d.i:d.i+4]) == "null" {
+		d.i += 4
+		return true
+	}
+	return false
+}
+
+// members calls fn for each member of the object at d.i (its '{' already
+// checked by the caller), with fn parsing the value.
+func (d *eventDecoder) members(fn func(key string) error) error {
+	d.i++ // '{'
+	if d.peek() == '}' {
+		d.i++
+		return nil
+	}
+	for {
+		if d.peek() != '"' {
+			return d.syntax(d.errorf("expected a member name"))
+		}
+		key, err := d.str()
+		if err != nil {
+			return d.syntax(err)
+		}
+		if d.peek() != ':' {
+			return d.syntax(d.errorf("expected ':'"))
+		}
+		d.i++
+		if err := fn(key); err != nil {
+			return err
+		}
+		switch d.peek() {
+		case ',':
+			d.i++
+		case '}':
+			d.i++
+			return nil
+		default:
+			return d.syntax(d.errorf("expected ',' or '}'"))
+		}
+	}
+}
+
+// stringOrNull reads a JSON string, or null (empty), into dst. A member
+// given twice takes its last value, as with every field here.
+func (d *eventDecoder) stringOrNull(field string, dst *string) error {
+	if d.null() {
+		*dst = ""
+		return nil
+	}
+	if d.peek() != '"' {
+		return invalid(field, "must be a string")
+	}
+	s, err := d.str()
+	if err != nil {
+		return d.syntax(err)
+	}
+	*dst = s
 	return nil
 }
 
-func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+func (d *eventDecoder) event() (Event, error) {
+	var e Event
+	if d.peek() != '{' {
+		return e, invalid("event", "must be a JSON object")
+	}
+	err := d.members(func(key string) error {
+		switch key {
+		case "id":
+			return d.stringOrNull(key, &e.ID)
+		case "workspace_id":
+			return d.stringOrNull(key, &e.WorkspaceID)
+		case "occurred_at":
+			var s string
+			e.OccurredAt = time.Time{}
+			if err := d.stringOrNull(key, &s); err != nil || s == "" {
+				return err
+			}
+			t, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil {
+				return invalid(key, "must be an RFC 3339 timestamp with an offset")
+			}
+			e.OccurredAt = t
+			return nil
+		case "recorded_at":
+			return invalid(key, "is set by the server and cannot be supplied")
+		case "action":
+			return d.stringOrNull(key, &e.Action)
+		case "actor":
+			return d.actor(&e.Actor)
+		case "resource":
+			return d.resource(&e.Resource)
+		case "source":
+			return d.stringOrNull(key, &e.Source)
+		case "ip":
+			return d.stringOrNull(key, &e.IP)
+		case "user_agent":
+			return d.stringOrNull(key, &e.UserAgent)
+		case "request_id":
+			return d.stringOrNull(key, &e.RequestID)
+		case "details":
+			return d.details(&e)
+		}
+		return invalid(key, "is not a field of an event")
+	})
+	return e, err
+}
 
-// decodeString accepts a JSON string or null (left empty).
-func decodeString(raw json.RawMessage, dst *string) error {
-	if isNull(raw) {
+func (d *eventDecoder) actor(a *Actor) error {
+	*a = Actor{}
+	if d.null() {
 		return nil
 	}
-	if err := json.Unmarshal(raw, dst); err != nil {
-		return fmt.Errorf("must be a string")
+	if d.peek() != '{' {
+		return invalid("actor", "must be an object")
 	}
+	return d.members(func(key string) error {
+		field := "actor." + key
+		switch key {
+		case "type":
+			return d.stringOrNull(field, &a.Type)
+		case "id":
+			return d.stringOrNull(field, &a.ID)
+		case "email":
+			return d.stringOrNull(field, &a.Email)
+		case "name":
+			return d.stringOrNull(field, &a.Name)
+		}
+		return invalid(field, "is not a field of actor")
+	})
+}
+
+func (d *eventDecoder) resource(r *Resource) error {
+	*r = Resource{}
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		return invalid("resource", "must be an object")
+	}
+	return d.members(func(key string) error {
+		switch key {
+		case "type":
+			return d.stringOrNull("resource.type", &r.Type)
+		case "ids":
+			return d.ids(r)
+		}
+		return invalid("resource."+key, "is not a field of resource")
+	})
+}
+
+// ids reads resource.ids: each value a string, a number (kept as its
+// json.Number literal, so every digit survives) or an array of those.
+// Anything else is refused here with the message normalisation would give.
+func (d *eventDecoder) ids(r *Resource) error {
+	r.IDs = nil
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		return invalid("resource.ids", "must be an object")
+	}
+	ids := map[string]any{}
+	err := d.members(func(key string) error {
+		if d.peek() != '[' {
+			v, err := d.idScalar(key)
+			if err != nil {
+				return err
+			}
+			ids[key] = v
+			return nil
+		}
+		d.i++ // '['
+		list := []any{}
+		if d.peek() == ']' {
+			d.i++
+			ids[key] = list
+			return nil
+		}
+		for {
+			v, err := d.idScalar(key)
+			if err != nil {
+				return err
+			}
+			list = append(list, v)
+			switch d.peek() {
+			case ',':
+				d.i++
+			case ']':
+				d.i++
+				ids[key] = list
+				return nil
+			default:
+				return d.syntax(d.errorf("expected ',' or ']'"))
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	r.IDs = ids
+	return nil
+}
+
+// idScalar reads one resource id value: a string or a number.
+func (d *eventDecoder) idScalar(key string) (any, error) {
+	switch c := d.peek(); {
+	case c == '"':
+		s, err := d.str()
+		if err != nil {
+			return nil, d.syntax(err)
+		}
+		return s, nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		lit, err := d.numberLiteral()
+		if err != nil {
+			return nil, d.syntax(err)
+		}
+		return json.Number(lit), nil
+	}
+	return nil, invalid("resource.ids."+key, "must be a string, a number or an array of those")
+}
+
+// numberLiteral reads a JSON number and returns it as written.
+func (d *eventDecoder) numberLiteral() (string, error) {
+	start := d.i
+	digits := func() int {
+		n := 0
+		for d.i < len(d.s) && d.s[d.i] >= '0' && d.s[d.i] <= '9' {
+			d.i++
+			n++
+		}
+		return n
+	}
+	if d.s[d.i] == '-' {
+		d.i++
+	}
+	if d.i < len(d.s) && d.s[d.i] == '0' {
+		d.i++
+	} else if digits() == 0 {
+		return "", d.errorf("bad number")
+	}
+	if d.i < len(d.s) && d.s[d.i] == '.' {
+		d.i++
+		if digits() == 0 {
+			return "", d.errorf("bad number")
+		}
+	}
+	if d.i < len(d.s) && (d.s[d.i] == 'e' || d.s[d.i] == 'E') {
+		d.i++
+		if d.i < len(d.s) && (d.s[d.i] == '+' || d.s[d.i] == '-') {
+			d.i++
+		}
+		if digits() == 0 {
+			return "", d.errorf("bad number")
+		}
+	}
+	return string(d.s[start:d.i]), nil
+}
+
+// details reads the details object. Already-canonical details (the common
+// case) are checked without allocating and copied as they are; others are
+// canonicalised here, in the same pass, so recording only re-checks them.
+func (d *eventDecoder) details(e *Event) error {
+	e.Details = nil
+	if d.null() {
+		return nil
+	}
+	if d.peek() != '{' {
+		return invalid("details", "must be a JSON object")
+	}
+	start := d.i
+	c := canonChecker{s: d.s, i: start}
+	if c.value() {
+		// A copy: data may be a reused line buffer (NDJSON).
+		e.Details = json.RawMessage(append([]byte(nil), d.s[start:c.i]...))
+		d.i = c.i
+		return nil
+	}
+	canon, err := d.value(nil)
+	if err != nil {
+		if errors.Is(err, errLoneSurrogate) {
+			return d.syntax(err)
+		}
+		return invalid("details", "%v", err)
+	}
+	e.Details = json.RawMessage(canon)
 	return nil
 }

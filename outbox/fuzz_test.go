@@ -3,6 +3,8 @@ package outbox
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -27,11 +29,31 @@ func FuzzDecodeNormalise(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	f.Add([]byte(`{"actor":{"type":"user","id":"a"},"actor":{"type":"system"},"action":null,"details":{"b":1,"a":[1.50,"\/"]}}`))
+	f.Add([]byte(`{"resource":{"ids":{"n":[-0,1e2,12345678901234567890,"x"],"m":1.5e-3}},"details":{"a":{"a":{"a":1}}}}`))
+	f.Add([]byte(`{"details":{"\u00e9":"\u001f","e":1e400}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
+		// Differential: the single-pass decoder and the generic one it
+		// replaced agree on what decoding plus normalisation accepts, and
+		// on the stored row.
+		ref, refErr := referenceDecodeEvent(body)
+		// The old decoder's trailing-data check (json.Decoder.More) let a
+		// stray '}' or ']' after the object through; the new one refuses
+		// what is not one JSON value (testdata de32b3a26ec19bf4).
+		if refErr == nil && !json.Valid(body) {
+			refErr = errors.New("not one JSON value")
+		}
+		var refRow row
+		if refErr == nil {
+			refRow, refErr = r.normalise(ref, testNow)
+		}
 		e, err := DecodeEvent(body)
 		if err != nil {
 			if _, ok := AsValidationError(err); !ok {
 				t.Fatalf("decode error is not a ValidationError: %v", err)
+			}
+			if refErr == nil {
+				t.Fatalf("refused %q (%v); the reference decoder accepts it", body, err)
 			}
 			return
 		}
@@ -40,7 +62,19 @@ func FuzzDecodeNormalise(f *testing.F) {
 			if _, ok := AsValidationError(err); !ok {
 				t.Fatalf("normalise error is not a ValidationError: %v", err)
 			}
+			if refErr == nil {
+				t.Fatalf("refused %q (%v); the reference decoder accepts it", body, err)
+			}
 			return
+		}
+		if refErr != nil {
+			t.Fatalf("accepted %q; the reference decoder refuses it: %v", body, refErr)
+		}
+		if e.ID == "" {
+			w.id, refRow.id = [16]byte{}, [16]byte{} // generated
+		}
+		if got, want := fmt.Sprint(rowStrings(w)), fmt.Sprint(rowStrings(refRow)); got != want {
+			t.Fatalf("stored row differs from the reference for %q:\n got  %s\n want %s", body, got, want)
 		}
 		for _, s := range []*string{w.details, w.resourceIDs} {
 			if s == nil {
@@ -73,10 +107,21 @@ func FuzzCanonicalObject(f *testing.F) {
 	f.Add([]byte(`{"a":{"b":{"c":{}}}}`))
 	f.Add([]byte(`{"s":"\u000f\u001f\u007f\b\f\n\r\t\/\"\\"}`))
 	f.Add([]byte(" {\t\"a\" : [ 1 , 2 ] } \n"))
+	f.Add([]byte(`{"a":"\u001f\n","b":-12,"c":1.5,"d":1e+21,"e":[{}]}`))
+	f.Add([]byte(`{"a":1,"a":2}`))
+	f.Add([]byte(`{"\u00e9":1,"e":2}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		out, err := CanonicalObject(raw)
+		// The fast check never calls something canonical that the full
+		// path would refuse or change.
+		if isCanonicalObject(raw) && (err != nil || string(out) != string(raw)) {
+			t.Fatalf("isCanonicalObject accepted %q, canonical form %q (%v)", raw, out, err)
+		}
 		if err != nil {
 			return
+		}
+		if !isCanonicalObject(out) && canonicalCheckCovers(out) {
+			t.Fatalf("isCanonicalObject refused canonical %q", out)
 		}
 		again, err := CanonicalObject(out)
 		if err != nil {
@@ -129,4 +174,62 @@ func FuzzFlatten(f *testing.F) {
 			t.Fatalf("values not joined by one comma: %q", flat)
 		}
 	})
+}
+
+// canonicalCheckCovers reports whether canonical JSON is of the plain kind
+// isCanonicalObject decides by itself (no escaped keys, integers of at most
+// 15 digits), so refusing it would be a missed fast path.
+func canonicalCheckCovers(canon []byte) bool {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(canon))
+	dec.UseNumber()
+	if dec.Decode(&v) != nil {
+		return false
+	}
+	var plain func(any) bool
+	plain = func(v any) bool {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				if strings.ContainsAny(k, "\"\\") || !plain(e) {
+					return false
+				}
+				for _, r := range k {
+					if r < 0x20 {
+						return false
+					}
+				}
+			}
+		case []any:
+			for _, e := range x {
+				if !plain(e) {
+					return false
+				}
+			}
+		case json.Number:
+			s := strings.TrimPrefix(string(x), "-")
+			return len(s) <= 15 && !strings.ContainsAny(s, ".eE")
+		}
+		return true
+	}
+	return plain(v)
+}
+
+// rowStrings renders every column of w, for comparing rows.
+func rowStrings(w row) []string {
+	str := func(s *string) string {
+		if s == nil {
+			return "<nil>"
+		}
+		return *s
+	}
+	ip := "<nil>"
+	if w.ip != nil {
+		ip = w.ip.String()
+	}
+	return []string{
+		w.id.String(), w.workspaceID, w.occurredAt.String(), w.recordedAt.String(), w.action, w.actorType,
+		str(w.actorID), str(w.actorEmail), str(w.actorName), str(w.resourceType), str(w.resourceIDs),
+		w.resourceIDsFlat, w.source, ip, str(w.userAgent), str(w.requestID), str(w.details),
+	}
 }

@@ -41,6 +41,11 @@ func canonicalJSON(raw []byte) ([]byte, error) {
 	return out, nil
 }
 
+// errLoneSurrogate is a \u escape of half a UTF-16 surrogate pair:
+// encoding/json would silently turn it into U+FFFD; refusing it keeps
+// stored text what was sent.
+var errLoneSurrogate = errors.New("has an unpaired UTF-16 surrogate escape")
+
 type jcsParser struct {
 	s     []byte
 	i     int
@@ -283,7 +288,7 @@ func (p *jcsParser) str() (string, error) {
 				}
 				r = utf16.DecodeRune(r, lo)
 				if r == utf8.RuneError {
-					return "", errors.New("has an unpaired UTF-16 surrogate escape")
+					return "", errLoneSurrogate
 				}
 			}
 			buf = utf8.AppendRune(buf, r)
@@ -415,4 +420,244 @@ func utf16Units(r rune) [2]uint16 {
 		return [2]uint16{uint16(hi), uint16(lo)}
 	}
 	return [2]uint16{uint16(r), 0}
+}
+
+// isCanonicalObject reports whether raw is a JSON object already in the
+// form canonicalJSON would give it, without allocating (in the common case):
+// details written by machines usually are, and re-encoding them was most of
+// the cost of recording (PERFORMANCE.md). false means "take the full path",
+// which also validates: anything unusual (an escape other than the minimal
+// ones, a key needing UTF-16 ordering, a number outside the plain integer
+// form that does not survive a round trip) answers false rather than being
+// decided here. FuzzCanonicalObject checks that true implies
+// canonicalJSON(raw) == raw.
+func isCanonicalObject(raw []byte) bool {
+	if len(raw) < 2 || raw[0] != '{' || !utf8.Valid(raw) {
+		return false
+	}
+	c := canonChecker{s: raw}
+	return c.value() && c.i == len(raw)
+}
+
+// canonChecker walks JSON that must already be canonical.
+type canonChecker struct {
+	s     []byte
+	i     int
+	depth int
+}
+
+func (c *canonChecker) value() bool {
+	if c.i >= len(c.s) {
+		return false
+	}
+	switch ch := c.s[c.i]; {
+	case ch == '{':
+		return c.object()
+	case ch == '[':
+		return c.array()
+	case ch == '"':
+		_, _, ok := c.str()
+		return ok
+	case ch == 't':
+		return c.literal("true")
+	case ch == 'f':
+		return c.literal("false")
+	case ch == 'n':
+		return c.literal("null")
+	case ch == '-' || (ch >= '0' && ch <= '9'):
+		return c.number()
+	}
+	return false
+}
+
+func (c *canonChecker) literal(lit string) bool {
+	if len(c.s)-c.i < len(lit) || string(c.s[c.i:c.i+len(lit)]) != lit {
+		return false
+	}
+	c.i += len(lit)
+	return true
+}
+
+func (c *canonChecker) object() bool {
+	if c.depth++; c.depth > MaxJSONDepth {
+		return false
+	}
+	c.i++ // '{'
+	if c.i < len(c.s) && c.s[c.i] == '}' {
+		c.i++
+		c.depth--
+		return true
+	}
+	var prev []byte
+	for n := 0; ; n++ {
+		if c.i >= len(c.s) || c.s[c.i] != '"' {
+			return false
+		}
+		key, escaped, ok := c.str()
+		// An escaped key's bytes are not its value; let the full path
+		// order it.
+		if !ok || escaped {
+			return false
+		}
+		if n > 0 && !keyLess(prev, key) {
+			return false // out of order or a duplicate
+		}
+		prev = key
+		if c.i >= len(c.s) || c.s[c.i] != ':' {
+			return false
+		}
+		c.i++
+		if !c.value() {
+			return false
+		}
+		if c.i >= len(c.s) {
+			return false
+		}
+		switch c.s[c.i] {
+		case ',':
+			c.i++
+		case '}':
+			c.i++
+			c.depth--
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// keyLess reports a < b in RFC 8785 order (UTF-16 code units). Byte order
+// agrees up to the first difference unless that difference is inside a
+// multi-byte character, which compareUTF16 then decides.
+func keyLess(a, b []byte) bool {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			if a[i] < utf8.RuneSelf && b[i] < utf8.RuneSelf {
+				return a[i] < b[i]
+			}
+			return compareUTF16(string(a), string(b)) < 0
+		}
+	}
+	return len(a) < len(b)
+}
+
+func (c *canonChecker) array() bool {
+	if c.depth++; c.depth > MaxJSONDepth {
+		return false
+	}
+	c.i++ // '['
+	if c.i < len(c.s) && c.s[c.i] == ']' {
+		c.i++
+		c.depth--
+		return true
+	}
+	for {
+		if !c.value() || c.i >= len(c.s) {
+			return false
+		}
+		switch c.s[c.i] {
+		case ',':
+			c.i++
+		case ']':
+			c.i++
+			c.depth--
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// str checks a string at c.i (its opening quote) is in canonical form and
+// returns its raw contents and whether they hold an escape.
+func (c *canonChecker) str() (raw []byte, escaped, ok bool) {
+	c.i++
+	start := c.i
+	for c.i < len(c.s) {
+		ch := c.s[c.i]
+		switch {
+		case ch == '"':
+			raw = c.s[start:c.i]
+			c.i++
+			return raw, escaped, true
+		case ch < 0x20:
+			return nil, false, false
+		case ch != '\\':
+			c.i++
+			continue
+		}
+		escaped = true
+		if c.i+1 >= len(c.s) {
+			return nil, false, false
+		}
+		switch c.s[c.i+1] {
+		case '"', '\\', 'b', 'f', 'n', 'r', 't':
+			c.i += 2
+		case 'u':
+			// Canonical only for a control character without a short
+			// form, in lowercase hex.
+			if len(c.s)-c.i < 6 || c.s[c.i+2] != '0' || c.s[c.i+3] != '0' {
+				return nil, false, false
+			}
+			hi, lo := c.s[c.i+4], c.s[c.i+5]
+			if hi != '0' && hi != '1' {
+				return nil, false, false
+			}
+			var v byte
+			switch {
+			case lo >= '0' && lo <= '9':
+				v = lo - '0'
+			case lo >= 'a' && lo <= 'f':
+				v = lo - 'a' + 10
+			default:
+				return nil, false, false
+			}
+			v += (hi - '0') << 4
+			switch v {
+			case '\b', '\f', '\n', '\r', '\t':
+				return nil, false, false
+			}
+			c.i += 6
+		default:
+			return nil, false, false
+		}
+	}
+	return nil, false, false
+}
+
+// number accepts integers of at most 15 digits without a leading zero or a
+// negative zero (exact in a double, printed as themselves), and any other
+// literal only if it is already what jcs.NumberToJSON prints for it.
+func (c *canonChecker) number() bool {
+	start := c.i
+	if c.s[c.i] == '-' {
+		c.i++
+	}
+	digits := c.i
+	for c.i < len(c.s) && c.s[c.i] >= '0' && c.s[c.i] <= '9' {
+		c.i++
+	}
+	nd := c.i - digits
+	if nd == 0 {
+		return false
+	}
+	plain := c.i >= len(c.s) || (c.s[c.i] != '.' && c.s[c.i] != 'e' && c.s[c.i] != 'E')
+	if plain && nd <= 15 && (c.s[digits] != '0' || nd == 1) && string(c.s[start:c.i]) != "-0" {
+		return true
+	}
+	for c.i < len(c.s) && isNumberByte(c.s[c.i]) {
+		c.i++
+	}
+	lit := string(c.s[start:c.i])
+	f, err := strconv.ParseFloat(lit, 64)
+	if err != nil {
+		return false
+	}
+	s, err := jcs.NumberToJSON(f)
+	return err == nil && s == lit
+}
+
+func isNumberByte(ch byte) bool {
+	return ch >= '0' && ch <= '9' || ch == '.' || ch == 'e' || ch == 'E' || ch == '+' || ch == '-'
 }

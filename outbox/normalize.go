@@ -1,12 +1,12 @@
 package outbox
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"net/netip"
-	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +33,6 @@ const (
 	maxFutureSkew    = 5 * time.Minute
 	DefaultRetention = 365
 )
-
-var integerLiteral = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
 
 // row is an event in its stored form, exactly the columns of audit_outbox.
 type row struct {
@@ -124,14 +122,18 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 		}
 		out.resourceType = &e.Resource.Type
 	}
-	vals, single, err := normaliseIDs(e.Resource.IDs)
+	ids, err := normaliseIDs(e.Resource.IDs)
 	if err != nil {
 		return out, err
 	}
-	if len(vals) > 0 {
-		s := string(canonicalIDs(vals, single))
+	if len(ids) > 0 {
+		// Both forms in one allocation.
+		buf := appendCanonicalIDs(make([]byte, 0, 256), ids)
+		n := len(buf)
+		all := string(appendFlatIDs(buf, ids))
+		s := all[:n]
 		out.resourceIDs = &s
-		out.resourceIDsFlat = flattenIDs(vals)
+		out.resourceIDsFlat = all[n:]
 	}
 
 	// source
@@ -259,90 +261,105 @@ func optionalText(field, s string, max int) (*string, error) {
 	return &s, nil
 }
 
-// normaliseIDs checks resource ids and converts every value to a sorted,
-// de-duplicated list of strings. single marks keys whose value was a lone
-// string or number, so the stored JSON keeps that shape.
-func normaliseIDs(ids map[string]any) (map[string][]string, map[string]bool, error) {
+// idEntry is one resource id key, normalised: a lone string or number
+// (single, in one) keeps that shape in the stored JSON; an array's values are
+// strings, sorted and de-duplicated (vals).
+type idEntry struct {
+	key    string
+	single bool
+	one    string
+	vals   []string
+}
+
+// values returns the entry's values as a list.
+func (e *idEntry) values() []string {
+	if e.single {
+		return []string{e.one}
+	}
+	return e.vals
+}
+
+// normaliseIDs checks resource ids and converts every value to strings,
+// sorted by key.
+func normaliseIDs(ids map[string]any) ([]idEntry, error) {
 	if len(ids) == 0 {
-		return nil, nil, nil
+		return nil, nil
 	}
 	if len(ids) > maxIDKeys {
-		return nil, nil, invalid("resource.ids", "has more than %d keys", maxIDKeys)
+		return nil, invalid("resource.ids", "has more than %d keys", maxIDKeys)
 	}
-	vals := make(map[string][]string, len(ids))
-	single := make(map[string]bool, len(ids))
+	out := make([]idEntry, 0, len(ids))
 	for k, v := range ids {
 		if !validResourceKey(k) {
-			return nil, nil, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
+			return nil, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
 		}
-		field := "resource.ids." + k
-		if s, ok, err := idScalar(field, v); err != nil {
-			return nil, nil, err
+		if s, ok, err := idScalar(k, v); err != nil {
+			return nil, err
 		} else if ok {
-			vals[k] = []string{s}
-			single[k] = true
+			out = append(out, idEntry{key: k, single: true, one: s})
 			continue
 		}
-		var items []any
+		var list []string
+		var err error
 		switch arr := v.(type) {
 		case []any:
-			items = arr
+			list, err = idList(k, arr)
 		case []string:
-			for _, s := range arr {
-				items = append(items, s)
-			}
+			list, err = idList(k, arr)
 		case []int:
-			for _, n := range arr {
-				items = append(items, n)
-			}
+			list, err = idList(k, arr)
 		case []int64:
-			for _, n := range arr {
-				items = append(items, n)
-			}
+			list, err = idList(k, arr)
 		default:
-			return nil, nil, invalid(field, "must be a string, a number or an array of those")
+			err = invalid("resource.ids."+k, "must be a string, a number or an array of those")
 		}
-		if len(items) > maxIDArrayLen {
-			return nil, nil, invalid(field, "has more than %d values", maxIDArrayLen)
+		if err != nil {
+			return nil, err
 		}
-		set := make(map[string]struct{}, len(items))
-		for _, it := range items {
-			s, ok, err := idScalar(field, it)
-			if err != nil {
-				return nil, nil, err
-			}
-			if !ok {
-				return nil, nil, invalid(field, "must be a string, a number or an array of those")
-			}
-			set[s] = struct{}{}
-		}
-		list := make([]string, 0, len(set))
-		for s := range set {
-			list = append(list, s)
-		}
-		sort.Strings(list)
-		vals[k] = list
+		out = append(out, idEntry{key: k, vals: list})
 	}
-	return vals, single, nil
+	slices.SortFunc(out, func(a, b idEntry) int { return strings.Compare(a.key, b.key) })
+	return out, nil
+}
+
+// idList converts the values of one resource id array to sorted,
+// de-duplicated strings.
+func idList[T any](key string, items []T) ([]string, error) {
+	if len(items) > maxIDArrayLen {
+		return nil, invalid("resource.ids."+key, "has more than %d values", maxIDArrayLen)
+	}
+	list := make([]string, 0, len(items))
+	for _, it := range items {
+		s, ok, err := idScalar(key, it)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, invalid("resource.ids."+key, "must be a string, a number or an array of those")
+		}
+		list = append(list, s)
+	}
+	slices.Sort(list)
+	return slices.Compact(list), nil
 }
 
 // idScalar converts one resource id value to its string form. ok is false
 // when v is not a scalar of an accepted type.
-func idScalar(field string, v any) (s string, ok bool, err error) {
+func idScalar(key string, v any) (s string, ok bool, err error) {
 	switch x := v.(type) {
 	case string:
-		if err := checkText(field, x); err != nil {
+		if err := checkText("resource.ids."+key, x); err != nil {
 			return "", false, err
 		}
 		s = x
 	case json.Number:
 		s, err = decimalString(x.String())
 		if err != nil {
-			return "", false, invalid(field, "%v", err)
+			return "", false, invalid("resource.ids."+key, "%v", err)
 		}
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return "", false, invalid(field, "is not a finite number")
+			return "", false, invalid("resource.ids."+key, "is not a finite number")
 		}
 		s = strconv.FormatFloat(x, 'f', -1, 64)
 	case float32:
@@ -363,7 +380,7 @@ func idScalar(field string, v any) (s string, ok bool, err error) {
 		return "", false, nil
 	}
 	if len(s) > maxIDValueLen {
-		return "", false, invalid(field, "value is longer than %d bytes", maxIDValueLen)
+		return "", false, invalid("resource.ids."+key, "value is longer than %d bytes", maxIDValueLen)
 	}
 	return s, true, nil
 }
@@ -371,7 +388,7 @@ func idScalar(field string, v any) (s string, ok bool, err error) {
 // decimalString renders a JSON number literal as a plain decimal string:
 // integers keep every digit, others go through float64 without exponent.
 func decimalString(lit string) (string, error) {
-	if integerLiteral.MatchString(lit) {
+	if isIntegerLiteral(lit) {
 		if lit == "-0" {
 			return "0", nil
 		}
@@ -382,6 +399,20 @@ func decimalString(lit string) (string, error) {
 		return "", fmt.Errorf("number %s is out of range", lit)
 	}
 	return strconv.FormatFloat(f, 'f', -1, 64), nil
+}
+
+// isIntegerLiteral reports whether lit is -?(0|[1-9][0-9]*).
+func isIntegerLiteral(lit string) bool {
+	digits := strings.TrimPrefix(lit, "-")
+	if digits == "" || (digits[0] == '0' && len(digits) > 1) {
+		return false
+	}
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // canonicalDetails returns a caller's details value in RFC 8785 form; nil
@@ -413,8 +444,11 @@ func canonicalDetails(d any) ([]byte, error) {
 		}
 		return canon, nil
 	}
-	if t := strings.TrimSpace(string(raw)); t == "" || t == "null" {
+	if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
 		return nil, nil
+	}
+	if isCanonicalObject(raw) {
+		return raw, nil
 	}
 	return canonicalJSON(raw)
 }

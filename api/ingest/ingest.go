@@ -270,7 +270,10 @@ func (h *Handler) readProblem(err error) *problem {
 	return badRequest("", "the request body could not be read: %v", err)
 }
 
-// readJSONBody reads one event object or {"events": [...]}.
+// readJSONBody reads one event object or {"events": [...]}, in one pass:
+// the batch's events are decoded in place (outbox.DecodeEventFrom) as the
+// array is walked, rather than the body being decoded into generic values
+// first.
 func (h *Handler) readJSONBody(r io.Reader, key auth.Key) (batchBody, *problem) {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -279,39 +282,110 @@ func (h *Handler) readJSONBody(r io.Reader, key auth.Key) (batchBody, *problem) 
 	if !utf8.Valid(data) {
 		return batchBody{}, badRequest("", "the request body is not valid UTF-8")
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil || top == nil {
-		return batchBody{}, badRequest("", `the request body must be a JSON object: one event, or {"events": [...]}`)
+	notObject := badRequest("", `the request body must be a JSON object: one event, or {"events": [...]}`)
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return batchBody{}, notObject
 	}
-	rawEvents, isBatch := top["events"]
-	if !isBatch {
+	first, i, isKey := readKey(data, skipSpace(data, i+1))
+	if !isKey || first != "events" {
+		// One event object (or a batch whose "events" is not its first
+		// member: its first member is then not a field of a batch).
 		e, prob := decodeOne(data, -1, key)
+		if prob != nil && prob.field == "events" && isKey {
+			prob = badRequest(first, `is not a field of a batch; a batch is {"events": [...]}`)
+		}
 		if prob != nil {
 			return batchBody{}, prob
 		}
 		return batchBody{events: []outbox.Event{e}, single: true}, nil
 	}
-	for name := range top {
-		if name != "events" {
+	notArray := badRequest("events", "must be an array of events")
+	if i = skipSpace(data, i); i >= len(data) || data[i] != ':' {
+		return batchBody{}, notObject
+	}
+	if i = skipSpace(data, i+1); i >= len(data) || data[i] != '[' {
+		return batchBody{}, notArray
+	}
+	body := batchBody{events: make([]outbox.Event, 0, min(h.cfg.MaxBatch, 1+len(data)/256))}
+	if i = skipSpace(data, i+1); i < len(data) && data[i] == ']' {
+		i++
+	} else {
+		for index := 0; ; index++ {
+			if index >= h.cfg.MaxBatch {
+				return batchBody{}, h.batchTooLarge()
+			}
+			e, n, err := outbox.DecodeEventFrom(data[i:])
+			if err != nil {
+				return batchBody{}, decodeProblem(err, index)
+			}
+			if prob := applyWorkspace(&e, index, key); prob != nil {
+				return batchBody{}, prob
+			}
+			body.events = append(body.events, e)
+			if i = skipSpace(data, i+n); i >= len(data) {
+				return batchBody{}, notArray
+			}
+			if data[i] == ']' {
+				i++
+				break
+			}
+			if data[i] != ',' {
+				return batchBody{}, notArray
+			}
+			i = skipSpace(data, i+1)
+		}
+	}
+	if i = skipSpace(data, i); i < len(data) && data[i] == ',' {
+		if name, _, ok := readKey(data, skipSpace(data, i+1)); ok {
 			return batchBody{}, badRequest(name, `is not a field of a batch; a batch is {"events": [...]}`)
 		}
+		return batchBody{}, notObject
 	}
-	var raws []json.RawMessage
-	if err := json.Unmarshal(rawEvents, &raws); err != nil || raws == nil {
-		return batchBody{}, badRequest("events", "must be an array of events")
-	}
-	if len(raws) > h.cfg.MaxBatch {
-		return batchBody{}, h.batchTooLarge()
-	}
-	body := batchBody{events: make([]outbox.Event, 0, len(raws))}
-	for i, raw := range raws {
-		e, prob := decodeOne(raw, i, key)
-		if prob != nil {
-			return batchBody{}, prob
-		}
-		body.events = append(body.events, e)
+	if i >= len(data) || data[i] != '}' || skipSpace(data, i+1) != len(data) {
+		return batchBody{}, notObject
 	}
 	return body, nil
+}
+
+// skipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace.
+func skipSpace(data []byte, i int) int {
+	for i < len(data) {
+		switch data[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// readKey reads the JSON string at data[i] and returns its value and the
+// index after it; ok is false when there is no well-formed string there.
+func readKey(data []byte, i int) (key string, next int, ok bool) {
+	if i >= len(data) || data[i] != '"' {
+		return "", i, false
+	}
+	escaped := false
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			escaped = true
+			j++
+		case '"':
+			if !escaped {
+				return string(data[i+1 : j]), j + 1, true
+			}
+			// Rare: let encoding/json decode the escapes.
+			if err := json.Unmarshal(data[i:j+1], &key); err != nil {
+				return "", i, false
+			}
+			return key, j + 1, true
+		}
+	}
+	return "", i, false
 }
 
 // readNDJSONBody reads one event per line, streaming.
@@ -347,22 +421,33 @@ func (h *Handler) readNDJSONBody(r io.Reader, key auth.Key) (batchBody, *problem
 func decodeOne(data []byte, index int, key auth.Key) (outbox.Event, *problem) {
 	e, err := outbox.DecodeEvent(data)
 	if err != nil {
-		ve, ok := outbox.AsValidationError(err)
-		if !ok {
-			return e, badRequest(fieldAt(index, "event"), "%v", err)
-		}
-		ve.Index = index
-		return e, badRequest(ve.FieldPath(), "%s", ve.Message)
+		return e, decodeProblem(err, index)
 	}
+	return e, applyWorkspace(&e, index, key)
+}
+
+// decodeProblem is the refusal for a decoding error of the event at index.
+func decodeProblem(err error, index int) *problem {
+	ve, ok := outbox.AsValidationError(err)
+	if !ok {
+		return badRequest(fieldAt(index, "event"), "%v", err)
+	}
+	ve.Index = index
+	return badRequest(ve.FieldPath(), "%s", ve.Message)
+}
+
+// applyWorkspace defaults the event's workspace to the key's and refuses
+// another one.
+func applyWorkspace(e *outbox.Event, index int, key auth.Key) *problem {
 	ws := strings.TrimSpace(e.WorkspaceID)
 	switch {
 	case ws == "":
 		e.WorkspaceID = key.WorkspaceID
 	case ws != key.WorkspaceID:
-		return e, &problem{http.StatusForbidden, httperr.CodeForbidden,
+		return &problem{http.StatusForbidden, httperr.CodeForbidden,
 			"the API key belongs to another workspace; it cannot write to " + httperr.Quote(ws), fieldAt(index, "workspace_id")}
 	}
-	return e, nil
+	return nil
 }
 
 func fieldAt(index int, field string) string {

@@ -496,6 +496,8 @@ func badBodies(t testing.TB) []struct{ name, ct, body, field string } {
 		{"ndjson array line", "application/x-ndjson", "[" + valid + "]", "events[0].event"},
 		{"ndjson garbage line", "application/x-ndjson", valid + "\n{oops\n", "events[1].event"},
 		{"ndjson two objects on a line", "application/x-ndjson", valid + valid, "events[0].event"},
+		{"ndjson stray brace after the object", "application/x-ndjson", valid + "}", "events[0].event"},
+		{"batch stray bracket", "application/json", `{"events":[` + valid + `]]}`, ""},
 	}
 }
 
@@ -576,6 +578,12 @@ func FuzzIngest(f *testing.F) {
 	f.Add(`{"events":[{"action":"a.b","source":"web","actor":{"type":"system"},"details":{"a":[1,2,{"b":null}]}}]}`, false)
 	f.Add(`{"action":"a.b","source":"web","actor":{"type":"user","email":"A@B"},"resource":{"ids":{"t":[1,"2",3.5]}},"ip":"::ffff:1.2.3.4"}`, false)
 	f.Add("{\"action\":\"a.b\\u0000\"}\n\xff\n", true)
+	// The batch walker: an escaped "events" key, members after the
+	// array, "events" not first, a separator missing.
+	f.Add(`{"\u0065vents":[`+valid+`]}`, false)
+	f.Add(`{"events":[`+valid+`],"x":1}`, false)
+	f.Add(`{"action":"a.b","events":[]}`, false)
+	f.Add(`{"events":[`+valid+` `+valid+`]}`, false)
 	for _, tc := range badBodies(f) {
 		if len(tc.body) < 4096 {
 			f.Add(tc.body, tc.ct == "application/x-ndjson")

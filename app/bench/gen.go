@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -417,8 +418,11 @@ func (e *genEvent) outboxValues(recordedAt time.Time) []any {
 	if e.ip.IsValid() {
 		ip = e.ip
 	}
+	// The id as pgtype.UUID: a uuid.UUID would go through its
+	// driver.Valuer as text and fail pgx's binary plan first, handicapping
+	// this floor against RecordBatch, which encodes ids in binary.
 	return []any{
-		e.id, e.workspace, e.occurredAt, recordedAt.UTC().Truncate(time.Millisecond), e.action,
+		pgtype.UUID{Bytes: e.id, Valid: true}, e.workspace, e.occurredAt, recordedAt.UTC().Truncate(time.Millisecond), e.action,
 		e.actorType, nullable(e.actorID), nullable(e.actorEmail), nullable(e.actorName),
 		nullable(e.resourceType), e.resourceIDsJSON(), e.resourceIDsFlat(), e.source, ip,
 		nullable(e.userAgent), nullable(e.requestID), e.details,
