@@ -19,7 +19,7 @@ const (
 	// give the WAL a stage wrote.
 	walLSNSQL = `SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint`
 
-	truncateAllSQL    = `TRUNCATE audit_outbox, audit_events, bench_datasets`
+	truncateAllSQL    = `TRUNCATE audit_outbox, audit_events, audit_chain_heads, audit_checkpoints, bench_datasets`
 	truncateOutboxSQL = `TRUNCATE audit_outbox`
 	countOutboxSQL    = `SELECT count(*) FROM audit_outbox`
 	countEventsSQL    = `SELECT count(*) FROM audit_events`
