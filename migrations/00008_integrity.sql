@@ -76,25 +76,26 @@ SELECT '{"action":' || to_json(p_action)::text
 $$;
 -- +goose StatementEnd
 
--- audit_chain_step is the transition of audit_chain: the state is the hash
--- of the last event folded in; the first event of a batch chains onto head
--- (the workspace's stored head, or 32 zero bytes). PL/pgSQL: as an
--- aggregate's transition a LANGUAGE sql function is not inlined and costs
--- more per call (PERFORMANCE.md).
+-- audit_chain_step is the transition of audit_chain: the state is
+-- prev_hash || hash (64 bytes) of the last event folded in; the first event
+-- of a batch chains onto head (the workspace's stored head, or 32 zero
+-- bytes). PL/pgSQL: as an aggregate's transition a LANGUAGE sql function is
+-- not inlined and costs more per call (PERFORMANCE.md).
 -- +goose StatementBegin
 CREATE FUNCTION audit_chain_step(state bytea, head bytea, body bytea)
 RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
+DECLARE
+    prev bytea := coalesce(substring(state FROM 33 FOR 32), head);
 BEGIN
-    RETURN sha256(coalesce(state, head) || body);
+    RETURN prev || sha256(prev || body);
 END;
 $$;
 -- +goose StatementEnd
 
 -- audit_chain(head, body) OVER (PARTITION BY workspace_id ORDER BY seq)
--- yields each event's hash; its prev_hash is the previous row's (lag), or
--- head for the first.
+-- yields, for each event, prev_hash || hash.
 CREATE AGGREGATE audit_chain(bytea, bytea) (
     SFUNC = audit_chain_step,
     STYPE = bytea

@@ -440,3 +440,42 @@ func TestKeyFiles(t *testing.T) {
 	_, err = integrity.LoadSigner(path + ".pub")
 	require.ErrorContains(t, err, "PRIVATE KEY")
 }
+
+// TestDuplicatesStayOutOfTheChain resends events (in a later batch and twice
+// within one batch): each is stored once and the chain still verifies, so
+// the relay's fallback dropped them before hashing.
+func TestDuplicatesStayOutOfTheChain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rec, err := outbox.New(outbox.Options{})
+	require.NoError(t, err)
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	ev := func(id string) outbox.Event {
+		return outbox.Event{ID: id, WorkspaceID: ws, OccurredAt: at, Action: "member.invite", Source: "api",
+			Actor: outbox.Actor{Type: "service", ID: "sync"}}
+	}
+	write := func(evs ...outbox.Event) {
+		tx, err := e.pool.Begin(t.Context())
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(context.Background()) }()
+		require.NoError(t, rec.RecordBatch(t.Context(), tx, evs))
+		require.NoError(t, tx.Commit(t.Context()))
+	}
+	ids := []string{
+		"0193f2a4-0000-7000-8000-000000000001", "0193f2a4-0000-7000-8000-000000000002",
+		"0193f2a4-0000-7000-8000-000000000003", "0193f2a4-0000-7000-8000-000000000004",
+	}
+	write(ev(ids[0]), ev(ids[1]))
+	e.record(t, ws, nowTimes(3)...) // moves the two above as well
+	// A resend of ids[1] among new events, and ids[2] twice in one batch.
+	write(ev(ids[2]), ev(ids[1]), ev(ids[3]), ev(ids[2]))
+	e.record(t, ws, nowTimes(2)...)
+
+	var stored int
+	require.NoError(t, e.pool.QueryRow(t.Context(), `SELECT count(*) FROM audit_events WHERE workspace_id = $1`, ws).Scan(&stored))
+	require.Equal(t, 2+3+2+2, stored)
+	rep := e.verify(t)
+	require.True(t, rep.OK(), "%v", rep.Break)
+	require.EqualValues(t, stored, rep.Events)
+	require.NotZero(t, e.relay.Stats().Duplicates)
+}

@@ -46,27 +46,43 @@ FROM (
 // move's events and chain heads. Moves are serialised from here to commit.
 const lockSeqSQL = `SELECT last_seq FROM audit_seq FOR UPDATE`
 
-// moveSQL moves the outbox rows at positions $1, which this transaction has
-// claimed, into audit_events, and extends each workspace's hash chain. It
-// reserves cardinality($1) seq values by advancing the audit_seq row, which
-// lockSeqSQL has locked, so seq is strictly increasing in commit order;
-// within the batch seq follows pos. An event already stored (or repeated in
-// the batch) is skipped before seq and hashes are assigned, so the chain
-// links only stored events; its seq value stays unused. Returns the number
-// of events stored, the rows deleted from the outbox and the last reserved
-// seq.
+// The move statements are assembled from the pieces below (constants
+// only): moveHeadSQL, then which claimed rows to store (fresh), then the
+// insert with or without the hash chain.
+//
+// moveSQL (the fast path) moves the outbox rows at positions $1, which this
+// transaction has claimed, into audit_events and extends each workspace's
+// hash chain. It reserves cardinality($1) seq values by advancing the
+// audit_seq row, which lockSeqSQL has locked, so seq is strictly increasing
+// in commit order; within the batch seq follows pos. Returns the number of
+// events stored, the rows deleted from the outbox and the last reserved seq.
 //
 // The chain: audit_chain(head, canonical bytes) OVER the workspace's events
-// in seq order yields each event's hash (migration 00008), head being the
-// workspace's stored chain head or 32 zero bytes; prev_hash is the previous
-// event's hash, or head. The new heads are written back in the same
-// statement.
+// in seq order yields prev_hash || hash per event (migration 00008), head
+// being the workspace's stored chain head or 32 zero bytes. The new heads,
+// taken from what was stored, are written back in the same statement.
+//
+// An event already stored (a resend) must stay out of the chain. Checking
+// every row for that first costs about a quarter of the relay's throughput
+// (an anti-join probing every partition's primary key per row), and
+// duplicates are rare, so the fast path chains every claimed row and lets ON
+// CONFLICT DO NOTHING catch a duplicate: when fewer rows were stored than
+// moved, the chain just computed is wrong, the transaction is rolled back and
+// the batch moved again with moveDedupSQL, which drops already-stored events
+// (and repeats within the batch) before seq and hashes are assigned; their
+// seq values stay unused.
 //
 // The counter is read through a scalar subquery, not a join: the planner
 // knows nothing of audit_seq's one row, and a join estimated at thousands of
 // rows per event pushed the plan's cost past jit_above_cost, making each
 // move spend most of a second compiling.
-const moveSQL = `
+const (
+	moveSQL          = moveHeadSQL + freshAllSQL + chainedInsertSQL
+	moveDedupSQL     = moveHeadSQL + freshDedupSQL + chainedInsertSQL
+	moveUnchainedSQL = moveHeadSQL + freshAllSQL + unchainedInsertSQL
+)
+
+const moveHeadSQL = `
 WITH counter AS (
     UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
     RETURNING last_seq
@@ -74,25 +90,33 @@ WITH counter AS (
     DELETE FROM audit_outbox
     WHERE pos = ANY($1::bigint[])
     RETURNING *
-), fresh AS (
+)`
+
+const freshAllSQL = `, fresh AS (
+    SELECT * FROM moved
+)`
+
+const freshDedupSQL = `, fresh AS (
     SELECT DISTINCT ON (m.workspace_id, m.occurred_at, m.id) m.*
     FROM moved m
     WHERE NOT EXISTS (
         SELECT 1 FROM audit_events e
         WHERE e.workspace_id = m.workspace_id AND e.occurred_at = m.occurred_at AND e.id = m.id)
     ORDER BY m.workspace_id, m.occurred_at, m.id, m.pos
-), numbered AS (
+)`
+
+const chainedInsertSQL = `, numbered AS (
     SELECT f.*,
            (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY f.pos) AS seq
     FROM fresh f
 ), chained AS (
-    SELECT n.*, coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS head,
+    SELECT n.*,
            audit_chain(coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
                        convert_to(audit_event_canonical(
                            n.id, n.workspace_id, n.occurred_at, n.recorded_at, n.action, n.actor_type,
                            n.actor_id, n.actor_email, n.actor_name, n.resource_type, n.resource_ids,
                            n.source, n.ip, n.user_agent, n.request_id, n.details), 'UTF8'))
-               OVER (PARTITION BY n.workspace_id ORDER BY n.seq) AS hash
+               OVER (PARTITION BY n.workspace_id ORDER BY n.seq) AS link
     FROM numbered n
     LEFT JOIN audit_chain_heads h ON h.workspace_id = n.workspace_id
 ), stored AS (
@@ -105,38 +129,25 @@ WITH counter AS (
     SELECT c.seq, c.id, c.workspace_id, c.occurred_at, c.recorded_at, c.action, c.actor_type,
            c.actor_id, c.actor_email, c.actor_name, c.resource_type, c.resource_ids,
            c.resource_ids_flat, c.source, c.ip, c.user_agent, c.request_id, c.details,
-           coalesce(lag(c.hash) OVER (PARTITION BY c.workspace_id ORDER BY c.seq), c.head), c.hash
+           substring(c.link FROM 1 FOR 32), substring(c.link FROM 33 FOR 32)
     FROM chained c
-    RETURNING 1
+    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
+    RETURNING workspace_id, seq, hash
 ), heads AS (
     INSERT INTO audit_chain_heads (workspace_id, seq, hash)
-    SELECT DISTINCT ON (c.workspace_id) c.workspace_id, c.seq, c.hash
-    FROM chained c
-    ORDER BY c.workspace_id, c.seq DESC
+    SELECT DISTINCT ON (s.workspace_id) s.workspace_id, s.seq, s.hash
+    FROM stored s
+    ORDER BY s.workspace_id, s.seq DESC
     ON CONFLICT (workspace_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash
 )
 SELECT (SELECT count(*) FROM stored),
        (SELECT count(*) FROM moved),
        (SELECT last_seq FROM counter)`
 
-// moveUnchainedSQL is moveSQL without the hash chain: Config.WithoutChain,
-// for measuring the chain's cost only.
-const moveUnchainedSQL = `
-WITH counter AS (
-    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
-    RETURNING last_seq
-), moved AS (
-    DELETE FROM audit_outbox
-    WHERE pos = ANY($1::bigint[])
-    RETURNING *
-), fresh AS (
-    SELECT DISTINCT ON (m.workspace_id, m.occurred_at, m.id) m.*
-    FROM moved m
-    WHERE NOT EXISTS (
-        SELECT 1 FROM audit_events e
-        WHERE e.workspace_id = m.workspace_id AND e.occurred_at = m.occurred_at AND e.id = m.id)
-    ORDER BY m.workspace_id, m.occurred_at, m.id, m.pos
-), stored AS (
+// unchainedInsertSQL stores without the chain: Config.WithoutChain, for
+// measuring the chain's cost only. It is the relay's statement before the
+// chain existed.
+const unchainedInsertSQL = `, stored AS (
     INSERT INTO audit_events (
         seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
         actor_id, actor_email, actor_name, resource_type, resource_ids,
@@ -147,6 +158,7 @@ WITH counter AS (
            f.actor_id, f.actor_email, f.actor_name, f.resource_type, f.resource_ids,
            f.resource_ids_flat, f.source, f.ip, f.user_agent, f.request_id, f.details
     FROM fresh f
+    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM stored),
@@ -320,6 +332,22 @@ func (r *Relay) deadLetter(ctx context.Context, pos int64, cause error) error {
 // nil) or over the given positions. On error the transaction is rolled back
 // and res.claimed still tells which rows it had claimed.
 func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, err error) {
+	res, err = r.moveTxWith(ctx, positions, false)
+	if errors.Is(err, errDuplicateInBatch) {
+		// The batch holds an event already stored: move the same rows
+		// again, dropping such events before the chain is computed.
+		return r.moveTxWith(ctx, res.claimed, true)
+	}
+	return res, err
+}
+
+// errDuplicateInBatch reports that the fast move statement stored fewer
+// rows than it moved, so its chain is wrong; the move was rolled back.
+var errDuplicateInBatch = errors.New("relay: the batch holds an event already stored")
+
+// moveTxWith is moveTx with the fast statement (dedupe false) or the one
+// dropping already-stored events first.
+func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) (res moveResult, err error) {
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
 		return res, fmt.Errorf("beginning move transaction: %w", err)
@@ -349,14 +377,20 @@ func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, 
 	}
 	var moved, stored int64
 	move := moveSQL
-	if r.cfg.WithoutChain {
+	switch {
+	case r.cfg.WithoutChain:
 		move = moveUnchainedSQL
+	case dedupe:
+		move = moveDedupSQL
 	}
 	if err := tx.QueryRow(ctx, move, res.claimed).Scan(&stored, &moved, &res.lastSeq); err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
 	res.moved, res.stored = int(moved), int(stored)
+	if res.stored != res.moved && move == moveSQL {
+		return res, errDuplicateInBatch // rolled back by the deferred function
+	}
 	if h := r.hooks.beforeCommit; h != nil {
 		if err := h(ctx, tx, res); err != nil {
 			return res, err
