@@ -71,6 +71,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := cps.Register(reg); err != nil {
+		return err
+	}
 	maint, err := partitions.New(db.Pool, partitions.Config{
 		Interval:      e.cfg.Retention.PartitionInterval,
 		RetentionDays: e.cfg.Retention.Days,

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -124,9 +126,13 @@ func TestUntouchedChainVerifies(t *testing.T) {
 	e.record(t, ws, nowTimes(20)...)
 	e.record(t, "ws_other", nowTimes(9)...) // interleaved workspace, own chain
 	e.record(t, ws, nowTimes(11)...)
+	reg := prometheus.NewRegistry()
+	require.NoError(t, e.cps.Register(reg))
 	made, err := e.cps.Checkpoint(t.Context(), "", integrity.KindScheduled, false)
 	require.NoError(t, err)
 	require.Len(t, made, 2)
+	require.Equal(t, 2.0, gathered(t, reg, "auditlog_integrity_checkpoints_total"))
+	require.InDelta(t, float64(time.Now().Unix()), gathered(t, reg, "auditlog_integrity_last_checkpoint_timestamp_seconds"), 60)
 	again, err := e.cps.Checkpoint(t.Context(), "", integrity.KindScheduled, false)
 	require.NoError(t, err)
 	require.Empty(t, again, "no new events, no new checkpoint")
@@ -478,4 +484,24 @@ func TestDuplicatesStayOutOfTheChain(t *testing.T) {
 	require.True(t, rep.OK(), "%v", rep.Break)
 	require.EqualValues(t, stored, rep.Events)
 	require.NotZero(t, e.relay.Stats().Duplicates)
+}
+
+// gathered returns the sum of metric name's series in reg (counters and
+// gauges).
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var sum float64
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+		return sum
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
 }
