@@ -41,6 +41,22 @@ CREATE TABLE audit_checkpoints (
 );
 CREATE INDEX audit_checkpoints_workspace_idx ON audit_checkpoints (workspace_id, id);
 
+-- Checkpoints are statements made once: like audit_events, their rows
+-- cannot be updated or deleted through the application's role.
+-- +goose StatementBegin
+CREATE FUNCTION audit_checkpoints_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_checkpoints rows are immutable (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER audit_checkpoints_no_update_delete
+    BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_checkpoints_immutable();
+
 -- audit_event_canonical renders one stored event as the RFC 8785 JSON the
 -- chain hashes. Keys are ASCII, so RFC 8785's UTF-16 key order is the byte
 -- order written out here; to_json escapes strings exactly as RFC 8785 does
@@ -106,5 +122,6 @@ DROP AGGREGATE audit_chain(bytea, bytea);
 DROP FUNCTION audit_chain_step(bytea, bytea, bytea);
 DROP FUNCTION audit_event_canonical(uuid, text, timestamptz, timestamptz, text, text, text, text, text, text, text, text, inet, text, text, text);
 DROP TABLE audit_checkpoints;
+DROP FUNCTION audit_checkpoints_immutable();
 DROP TABLE audit_chain_heads;
 ALTER TABLE audit_events DROP COLUMN hash, DROP COLUMN prev_hash;

@@ -133,6 +133,10 @@ func TestUntouchedChainVerifies(t *testing.T) {
 	require.Len(t, made, 2)
 	require.Equal(t, 2.0, gathered(t, reg, "auditlog_integrity_checkpoints_total"))
 	require.InDelta(t, float64(time.Now().Unix()), gathered(t, reg, "auditlog_integrity_last_checkpoint_timestamp_seconds"), 60)
+	for _, sql := range []string{`UPDATE audit_checkpoints SET seq = seq + 1`, `DELETE FROM audit_checkpoints`} {
+		_, err := e.pool.Exec(t.Context(), sql)
+		require.ErrorContains(t, err, "immutable", sql)
+	}
 	again, err := e.cps.Checkpoint(t.Context(), "", integrity.KindScheduled, false)
 	require.NoError(t, err)
 	require.Empty(t, again, "no new events, no new checkpoint")

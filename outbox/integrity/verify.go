@@ -237,13 +237,13 @@ func (v *verifier) step(r, next *Record) {
 func (v *verifier) bridged(from, to []byte) bool {
 	h := hex.EncodeToString(from)
 	want := hex.EncodeToString(to)
-	for range len(v.bridges) {
+	for hops := 1; hops <= len(v.bridges); hops++ {
 		b, ok := v.bridges[h]
 		if !ok {
 			return false
 		}
-		v.rep.BridgesCrossed++
 		if b.ToHash == want {
+			v.rep.BridgesCrossed += hops
 			return true
 		}
 		h = b.ToHash
