@@ -506,7 +506,10 @@ func (r *run) drop(ctx context.Context, p Partition) error {
 		return fmt.Errorf("%s: %w: %w", what, errTxBroken, err)
 	}
 	if r.m.beforeDrop != nil {
-		err = r.m.beforeDrop(ctx, sp, p.From, p.To)
+		_, err = sp.Exec(ctx, fmt.Sprintf(lockInsertsSQL, pgx.Identifier{r.st.schema, parentTable}.Sanitize()))
+		if err == nil {
+			err = r.m.beforeDrop(ctx, sp, p.From, p.To)
+		}
 	}
 	if err == nil {
 		_, err = sp.Exec(ctx, fmt.Sprintf(dropPartitionSQL, pgx.Identifier{r.st.schema, p.Name}.Sanitize()))

@@ -94,8 +94,10 @@ type Config struct {
 	// BeforeDrop, when set, runs inside the dropping transaction just
 	// before the partition holding occurred_at in [from, to) is dropped
 	// (from is zero for an unbounded partition); an error keeps the
-	// partition. Integrity uses it to sign bridges over the chain links
-	// the drop removes. Default: none.
+	// partition. Inserts into audit_events wait from just before it runs
+	// until the drop commits (reads go on), so it sees every row the drop
+	// removes. Integrity uses it to sign bridges over the chain links the
+	// drop removes. Default: none.
 	BeforeDrop func(ctx context.Context, tx pgx.Tx, from, to time.Time) error
 }
 

@@ -2,11 +2,13 @@ package partitions
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,8 +59,10 @@ func list(t *testing.T, m *Maintainer) []Partition {
 
 // insertEvent writes one minimal event occurring at ts straight into
 // audit_events.
-func insertEvent(ctx context.Context, pool *pgxpool.Pool, ts time.Time) error {
-	_, err := pool.Exec(ctx, `
+func insertEvent(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, ts time.Time) error {
+	_, err := db.Exec(ctx, `
 		INSERT INTO audit_events (seq, id, workspace_id, occurred_at, recorded_at, action, actor_type, source)
 		VALUES (1, gen_random_uuid(), 'ws_test', $1, now(), 'test.event', 'system', 'system')`, ts)
 	return err
@@ -662,4 +666,46 @@ func TestScheduledRunOncePerPeriod(t *testing.T) {
 	require.True(t, a.scheduledRun(ctx, sched, t0.Add(120*time.Minute)))
 	require.Equal(t, 1.0, testutil.ToFloat64(a.metrics.skipped))
 	require.Equal(t, 1.0, testutil.ToFloat64(b.metrics.skipped))
+}
+
+// TestBeforeDropHoldsOffInserts checks that while Config.BeforeDrop looks at
+// a partition, no event can be inserted into it (so none is dropped without
+// BeforeDrop having seen it), reads go on until the first drop, and an error
+// from BeforeDrop keeps the partition.
+func TestBeforeDropHoldsOffInserts(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := t.Context()
+	oldPartitions(t, pool)
+	var calls int
+	check := func(ctx context.Context, tx pgx.Tx, from, to time.Time) error {
+		calls++
+		conn, err := pool.Acquire(ctx)
+		require.NoError(t, err)
+		defer conn.Release()
+		_, err = conn.Exec(ctx, `SET lock_timeout = '200ms'`)
+		require.NoError(t, err)
+		err = insertEvent(ctx, conn.Conn(), from.Add(time.Hour))
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr, "an insert must wait for the drop")
+		require.Equal(t, "55P03", pgErr.Code) // lock_not_available
+		if calls == 1 {
+			// (Once a partition is dropped, the transaction holds an ACCESS
+			// EXCLUSIVE lock on the parent until it commits.)
+			var n int
+			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&n), "reads go on")
+		}
+		_, err = conn.Exec(ctx, `RESET lock_timeout`)
+		require.NoError(t, err)
+		if from.Month() == time.September {
+			return errors.New("refused")
+		}
+		return nil
+	}
+	m := newM(t, pool, Config{Interval: IntervalMonth, RetentionDays: 365, Premake: 1, BeforeDrop: check})
+	dropped, err := m.Prune(ctx, false)
+	require.ErrorContains(t, err, "refused")
+	require.Equal(t, []string{"audit_events_p20250801", "audit_events_p20251001"}, dropped)
+	require.Equal(t, 3, calls)
+	require.Contains(t, names(list(t, m)), "audit_events_p20250901", "BeforeDrop's error keeps the partition")
 }
