@@ -58,11 +58,12 @@ CREATE TRIGGER audit_checkpoints_no_update_delete
     FOR EACH ROW EXECUTE FUNCTION audit_checkpoints_immutable();
 
 -- audit_event_canonical renders one stored event as the RFC 8785 JSON the
--- chain hashes. Keys are ASCII, so RFC 8785's UTF-16 key order is the byte
--- order written out here; to_json escapes strings exactly as RFC 8785 does
--- (\" \\ \b \f \n \r \t, other controls as \u00xx); details and
--- resource_ids are stored canonical already. A Go test compares it with the
--- Go canonicaliser over the API's rendering for random events.
+-- chain hashes, for the ndjson export (the relay computes the same bytes in
+-- Go: integrity.AppendEventBytes). Keys are ASCII, so RFC 8785's UTF-16 key
+-- order is the byte order written out here; to_json escapes strings exactly
+-- as RFC 8785 does (\" \\ \b \f \n \r \t, other controls as \u00xx);
+-- details and resource_ids are stored canonical already. Tests compare it
+-- with the API's rendering and with the relay's hashes for random events.
 -- +goose StatementBegin
 CREATE FUNCTION audit_event_canonical(
     p_id uuid, p_workspace_id text, p_occurred_at timestamptz, p_recorded_at timestamptz,
@@ -92,34 +93,7 @@ SELECT '{"action":' || to_json(p_action)::text
 $$;
 -- +goose StatementEnd
 
--- audit_chain_step is the transition of audit_chain: the state is
--- prev_hash || hash (64 bytes) of the last event folded in; the first event
--- of a batch chains onto head (the workspace's stored head, or 32 zero
--- bytes). PL/pgSQL: as an aggregate's transition a LANGUAGE sql function is
--- not inlined and costs more per call (PERFORMANCE.md).
--- +goose StatementBegin
-CREATE FUNCTION audit_chain_step(state bytea, head bytea, body bytea)
-RETURNS bytea
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-AS $$
-DECLARE
-    prev bytea := coalesce(substring(state FROM 33 FOR 32), head);
-BEGIN
-    RETURN prev || sha256(prev || body);
-END;
-$$;
--- +goose StatementEnd
-
--- audit_chain(head, body) OVER (PARTITION BY workspace_id ORDER BY seq)
--- yields, for each event, prev_hash || hash.
-CREATE AGGREGATE audit_chain(bytea, bytea) (
-    SFUNC = audit_chain_step,
-    STYPE = bytea
-);
-
 -- +goose Down
-DROP AGGREGATE audit_chain(bytea, bytea);
-DROP FUNCTION audit_chain_step(bytea, bytea, bytea);
 DROP FUNCTION audit_event_canonical(uuid, text, timestamptz, timestamptz, text, text, text, text, text, text, text, text, inet, text, text, text);
 DROP TABLE audit_checkpoints;
 DROP FUNCTION audit_checkpoints_immutable();

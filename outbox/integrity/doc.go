@@ -10,9 +10,12 @@
 // workspace's previous event, or 32 zero bytes ([Genesis]) for its first.
 // The canonical bytes are the UTF-8 RFC 8785 form of the event object as the
 // API returns it (contract §1: every key present, null when absent) without
-// seq, hash and prev_hash. The chain is computed in SQL as the relay moves a
-// batch (migration 00008); this package checks it with Go code of its own
-// ([EventBytes] uses an independent RFC 8785 implementation).
+// seq, hash and prev_hash. The relay computes the chain as it moves a batch
+// ([Chainer], [AppendEventBytes]); the ndjson export renders the same bytes
+// in SQL (audit_event_canonical, migration 00008); verification recomputes
+// them from the export with an independent RFC 8785 implementation
+// ([EventBytes]), so the three must agree byte for byte, which the tests
+// check.
 //
 // # Checkpoints
 //

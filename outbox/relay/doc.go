@@ -26,17 +26,20 @@
 //
 // A move is one transaction:
 //
-//  1. claim up to BatchSize rows: SELECT pos ... ORDER BY pos LIMIT n
-//     FOR UPDATE SKIP LOCKED (rows of uncommitted business transactions are
-//     invisible; rows claimed by another relay are skipped);
-//  2. take the audit_seq row lock (SELECT ... FOR UPDATE), so the next
-//     statement sees every earlier move;
-//  3. in one statement: advance the counter by n, delete the claimed rows
-//     from the outbox, skip events already stored (or repeated in the
-//     batch), and insert the rest into audit_events with seq = the
-//     reserved range in pos order and each workspace's hash chain extended
-//     (prev_hash, hash; see package integrity), writing the new chain heads;
-//  4. commit.
+//  1. claim up to BatchSize rows and read them: SELECT ... ORDER BY pos
+//     LIMIT n FOR UPDATE SKIP LOCKED (rows of uncommitted business
+//     transactions are invisible; rows claimed by another relay are
+//     skipped);
+//  2. take the audit_seq row lock and read the last seq (SELECT ... FOR
+//     UPDATE), so what follows sees every earlier move, then read the chain
+//     heads of the batch's workspaces;
+//  3. in Go, number the rows (seq = last seq + 1, 2, ... in pos order) and
+//     link each onto its workspace's hash chain: hash = SHA-256(prev_hash ||
+//     canonical bytes), package integrity;
+//  4. in one statement: advance the counter by n, delete the claimed rows
+//     from the outbox, insert them into audit_events with the seq and links
+//     passed as arrays, and write the new chain heads;
+//  5. commit.
 //
 // The counter row stays locked until commit, so the next move (by any relay)
 // gets its range only after this one is visible: seq is strictly increasing
@@ -44,7 +47,10 @@
 // with seq <= N. Claiming happens before the lock, so relays overlap there.
 // An event already stored (same workspace, occurred_at and id) is consumed
 // and stored once, outside the chain; its reserved seq is left unused (gaps
-// are allowed).
+// are allowed). Looking for such resends costs an index probe of every
+// partition per row, and they are rare, so the insert lets ON CONFLICT DO
+// NOTHING notice one: when fewer rows were stored than chained, the move is
+// rolled back and done again with the resends looked up first and left out.
 //
 // # Rows that cannot be stored
 //

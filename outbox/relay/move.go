@@ -15,14 +15,10 @@ import (
 // claimHeadSQL claims the oldest $1 outbox rows no other transaction holds
 // and returns their positions as one array, in order. Rows of uncommitted
 // business transactions are invisible, rows claimed by another relay are
-// skipped, so relays never wait for each other here.
-//
-// It also turns JIT off for the rest of the move transaction, without a
-// round trip of its own: JIT never pays off for a batch-sized statement, and
-// a misestimated custom plan of the move crossed jit_above_cost (~250 ms of
-// compiling per move on each new connection, PERFORMANCE.md).
+// skipped, so relays never wait for each other here. Used without the chain
+// (Config.WithoutChain); claimHeadRowsSQL otherwise.
 const claimHeadSQL = `
-SELECT coalesce(array_agg(pos ORDER BY pos), '{}'), set_config('jit', 'off', true)
+SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
 FROM (
     SELECT pos FROM audit_outbox
     ORDER BY pos
@@ -33,56 +29,72 @@ FROM (
 // claimPositionsSQL claims the outbox rows at positions $1 that still exist
 // and no other transaction holds; used when a failed batch is split.
 const claimPositionsSQL = `
-SELECT coalesce(array_agg(pos ORDER BY pos), '{}'), set_config('jit', 'off', true)
+SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
 FROM (
     SELECT pos FROM audit_outbox
     WHERE pos = ANY($1::bigint[])
     FOR UPDATE SKIP LOCKED
 ) claimed`
 
-// lockSeqSQL takes the audit_seq counter row lock, held until commit, before
-// the move statement starts: in READ COMMITTED each statement sees what was
-// committed when it began, so the move that follows sees every earlier
+// claimedColumns are what the relay reads of each claimed row to extend the
+// hash chain: pos, then integrity.EventFields in the order scanClaimed reads
+// them. The address comes as host() prints it, as the API shows it.
+const claimedColumns = `pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+       actor_id, actor_email, actor_name, resource_type, resource_ids, source,
+       host(ip), user_agent, request_id, details`
+
+// claimHeadRowsSQL is claimHeadSQL returning the claimed rows, in pos order.
+const claimHeadRowsSQL = `
+SELECT ` + claimedColumns + `
+FROM audit_outbox
+ORDER BY pos
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+// claimPositionsRowsSQL is claimPositionsSQL returning the claimed rows.
+const claimPositionsRowsSQL = `
+SELECT ` + claimedColumns + `
+FROM audit_outbox
+WHERE pos = ANY($1::bigint[])
+ORDER BY pos
+FOR UPDATE SKIP LOCKED`
+
+// lockSeqSQL takes the audit_seq counter row lock, held until commit, and
+// reads the last seq: in READ COMMITTED each statement sees what was
+// committed when it began, so the statements that follow see every earlier
 // move's events and chain heads. Moves are serialised from here to commit.
-const lockSeqSQL = `SELECT last_seq FROM audit_seq FOR UPDATE`
+//
+// It also turns JIT off for the rest of the move transaction: JIT never
+// pays off for a batch-sized statement, and a misestimated custom plan of
+// the move crossed jit_above_cost (~250 ms of compiling per move on each new
+// connection, PERFORMANCE.md).
+const lockSeqSQL = `SELECT last_seq, set_config('jit', 'off', true) FROM audit_seq FOR UPDATE`
 
-// The move statements are assembled from the pieces below (constants
-// only): moveHeadSQL, then which claimed rows to store (fresh), then the
-// insert with or without the hash chain.
-//
-// moveSQL (the fast path) moves the outbox rows at positions $1, which this
-// transaction has claimed, into audit_events and extends each workspace's
-// hash chain. It reserves cardinality($1) seq values by advancing the
-// audit_seq row, which lockSeqSQL has locked, so seq is strictly increasing
-// in commit order; within the batch seq follows pos. Returns the number of
-// events stored, the rows deleted from the outbox and the last reserved seq.
-//
-// The chain: audit_chain(head, canonical bytes) OVER the workspace's events
-// in seq order yields prev_hash || hash per event (migration 00008), head
-// being the workspace's stored chain head or 32 zero bytes. The new heads,
-// taken from what was stored, are written back in the same statement.
-//
-// An event already stored (a resend) must stay out of the chain. Checking
-// every row for that first costs about a quarter of the relay's throughput
-// (an anti-join probing every partition's primary key per row), and
-// duplicates are rare, so the fast path chains every claimed row and lets ON
-// CONFLICT DO NOTHING catch a duplicate: when fewer rows were stored than
-// moved, the chain just computed is wrong, the transaction is rolled back and
-// the batch moved again with moveDedupSQL, which drops already-stored events
-// (and repeats within the batch) before seq and hashes are assigned; their
-// seq values stay unused.
-//
-// The counter is read through a scalar subquery, not a join: the planner
-// knows nothing of audit_seq's one row, and a join estimated at thousands of
-// rows per event pushed the plan's cost past jit_above_cost, making each
-// move spend most of a second compiling.
-const (
-	moveSQL          = moveHeadSQL + freshAllSQL + chainedInsertSQL
-	moveDedupSQL     = moveHeadSQL + freshDedupSQL + chainedInsertSQL
-	moveUnchainedSQL = moveHeadSQL + freshAllSQL + unchainedInsertSQL
-)
+// chainHeadsSQL reads the chain heads of the workspaces $1.
+const chainHeadsSQL = `SELECT workspace_id, hash FROM audit_chain_heads WHERE workspace_id = ANY($1::text[])`
 
-const moveHeadSQL = `
+// storedAlreadySQL lists the claimed positions $1 whose event is already
+// stored (a resend); they are moved out of the outbox but not stored again.
+const storedAlreadySQL = `
+SELECT o.pos FROM audit_outbox o
+WHERE o.pos = ANY($1::bigint[])
+  AND EXISTS (
+    SELECT 1 FROM audit_events e
+    WHERE e.workspace_id = o.workspace_id AND e.occurred_at = o.occurred_at AND e.id = o.id)`
+
+// moveSQL moves the outbox rows at positions $1, which this transaction has
+// claimed, into audit_events, storing the rows listed in $2 with the seq,
+// prev_hash and hash the relay computed for them ($3, $4, $5). It advances
+// audit_seq by cardinality($1), which lockSeqSQL has locked, so seq is
+// strictly increasing in commit order. The new chain heads, taken from what
+// was stored, are written back. Returns the number of events stored, the
+// rows deleted from the outbox and the last reserved seq.
+//
+// A claimed row not in $2 (a resend found by storedAlreadySQL) leaves the
+// outbox and its seq value stays unused. ON CONFLICT DO NOTHING catches a
+// resend the relay did not look for (see moveTx); the caller then finds
+// fewer rows stored than it chained and moves the batch again.
+const moveSQL = `
 WITH counter AS (
     UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
     RETURNING last_seq
@@ -90,35 +102,8 @@ WITH counter AS (
     DELETE FROM audit_outbox
     WHERE pos = ANY($1::bigint[])
     RETURNING *
-)`
-
-const freshAllSQL = `, fresh AS (
-    SELECT * FROM moved
-)`
-
-const freshDedupSQL = `, fresh AS (
-    SELECT DISTINCT ON (m.workspace_id, m.occurred_at, m.id) m.*
-    FROM moved m
-    WHERE NOT EXISTS (
-        SELECT 1 FROM audit_events e
-        WHERE e.workspace_id = m.workspace_id AND e.occurred_at = m.occurred_at AND e.id = m.id)
-    ORDER BY m.workspace_id, m.occurred_at, m.id, m.pos
-)`
-
-const chainedInsertSQL = `, numbered AS (
-    SELECT f.*,
-           (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY f.pos) AS seq
-    FROM fresh f
-), chained AS (
-    SELECT n.*,
-           audit_chain(coalesce(h.hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea),
-                       convert_to(audit_event_canonical(
-                           n.id, n.workspace_id, n.occurred_at, n.recorded_at, n.action, n.actor_type,
-                           n.actor_id, n.actor_email, n.actor_name, n.resource_type, n.resource_ids,
-                           n.source, n.ip, n.user_agent, n.request_id, n.details), 'UTF8'))
-               OVER (PARTITION BY n.workspace_id ORDER BY n.seq) AS link
-    FROM numbered n
-    LEFT JOIN audit_chain_heads h ON h.workspace_id = n.workspace_id
+), chain AS (
+    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[]) AS c(pos, seq, prev_hash, hash)
 ), stored AS (
     INSERT INTO audit_events (
         seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
@@ -126,11 +111,12 @@ const chainedInsertSQL = `, numbered AS (
         resource_ids_flat, source, ip, user_agent, request_id, details,
         prev_hash, hash
     )
-    SELECT c.seq, c.id, c.workspace_id, c.occurred_at, c.recorded_at, c.action, c.actor_type,
-           c.actor_id, c.actor_email, c.actor_name, c.resource_type, c.resource_ids,
-           c.resource_ids_flat, c.source, c.ip, c.user_agent, c.request_id, c.details,
-           substring(c.link FROM 1 FOR 32), substring(c.link FROM 33 FOR 32)
-    FROM chained c
+    SELECT c.seq, m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
+           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
+           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details,
+           c.prev_hash, c.hash
+    FROM moved m
+    JOIN chain c ON c.pos = m.pos
     ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
     RETURNING workspace_id, seq, hash
 ), heads AS (
@@ -144,20 +130,31 @@ SELECT (SELECT count(*) FROM stored),
        (SELECT count(*) FROM moved),
        (SELECT last_seq FROM counter)`
 
-// unchainedInsertSQL stores without the chain: Config.WithoutChain, for
+// moveUnchainedSQL stores without the chain: Config.WithoutChain, for
 // measuring the chain's cost only. It is the relay's statement before the
-// chain existed.
-const unchainedInsertSQL = `, stored AS (
+// chain existed: seq by row_number over pos, resends skipped by ON
+// CONFLICT. The counter is read through a scalar subquery, not a join: the
+// planner knows nothing of audit_seq's one row, and a join estimated at
+// thousands of rows per event pushed the plan's cost past jit_above_cost.
+const moveUnchainedSQL = `
+WITH counter AS (
+    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
+    RETURNING last_seq
+), moved AS (
+    DELETE FROM audit_outbox
+    WHERE pos = ANY($1::bigint[])
+    RETURNING *
+), stored AS (
     INSERT INTO audit_events (
         seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
         actor_id, actor_email, actor_name, resource_type, resource_ids,
         resource_ids_flat, source, ip, user_agent, request_id, details
     )
-    SELECT (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY f.pos),
-           f.id, f.workspace_id, f.occurred_at, f.recorded_at, f.action, f.actor_type,
-           f.actor_id, f.actor_email, f.actor_name, f.resource_type, f.resource_ids,
-           f.resource_ids_flat, f.source, f.ip, f.user_agent, f.request_id, f.details
-    FROM fresh f
+    SELECT (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY m.pos),
+           m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
+           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
+           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details
+    FROM moved m
     ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
     RETURNING 1
 )
@@ -335,18 +332,20 @@ func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, 
 	res, err = r.moveTxWith(ctx, positions, false)
 	if errors.Is(err, errDuplicateInBatch) {
 		// The batch holds an event already stored: move the same rows
-		// again, dropping such events before the chain is computed.
+		// again, looking for such events before the chain is computed.
 		return r.moveTxWith(ctx, res.claimed, true)
 	}
 	return res, err
 }
 
-// errDuplicateInBatch reports that the fast move statement stored fewer
-// rows than it moved, so its chain is wrong; the move was rolled back.
+// errDuplicateInBatch reports that the move stored fewer rows than were
+// chained, so the chain is wrong; the move was rolled back.
 var errDuplicateInBatch = errors.New("relay: the batch holds an event already stored")
 
-// moveTxWith is moveTx with the fast statement (dedupe false) or the one
-// dropping already-stored events first.
+// moveTxWith is moveTx, looking for already-stored events first when
+// dedupe is set. Resends are rare, and looking for them costs an index probe
+// of every partition per row, so the first attempt does not: it chains every
+// claimed row and lets ON CONFLICT tell.
 func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) (res moveResult, err error) {
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
@@ -360,35 +359,49 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 		}
 	}()
 
-	if positions == nil {
-		err = tx.QueryRow(ctx, claimHeadSQL, r.cfg.BatchSize).Scan(&res.claimed, nil)
+	var rows []claimedRow
+	if r.cfg.WithoutChain {
+		res.claimed, err = claimPositions(ctx, tx, positions, r.cfg.BatchSize)
 	} else {
-		err = tx.QueryRow(ctx, claimPositionsSQL, positions).Scan(&res.claimed, nil)
+		rows, err = claimRows(ctx, tx, positions, r.cfg.BatchSize)
+		res.claimed = make([]int64, len(rows))
+		for i := range rows {
+			res.claimed[i] = rows[i].pos
+		}
 	}
 	if err != nil {
-		return res, fmt.Errorf("claiming outbox rows: %w", err)
+		return res, err
 	}
 	if len(res.claimed) == 0 {
 		return res, tx.Commit(ctx)
 	}
 
-	if _, err := tx.Exec(ctx, lockSeqSQL); err != nil {
+	var lastSeq int64
+	if err := tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
 		return res, fmt.Errorf("locking the seq counter: %w", err)
 	}
 	var moved, stored int64
-	move := moveSQL
-	switch {
-	case r.cfg.WithoutChain:
-		move = moveUnchainedSQL
-	case dedupe:
-		move = moveDedupSQL
+	chained := -1
+	if r.cfg.WithoutChain {
+		err = tx.QueryRow(ctx, moveUnchainedSQL, res.claimed).Scan(&stored, &moved, &res.lastSeq)
+	} else {
+		var c chainArgs
+		if c, err = r.chain(ctx, tx, rows, lastSeq, dedupe); err != nil {
+			return res, err
+		}
+		chained = len(c.pos)
+		err = tx.QueryRow(ctx, moveSQL, res.claimed, c.pos, c.seq, c.prev, c.hash).Scan(&stored, &moved, &res.lastSeq)
 	}
-	if err := tx.QueryRow(ctx, move, res.claimed).Scan(&stored, &moved, &res.lastSeq); err != nil {
+	if err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
 	res.moved, res.stored = int(moved), int(stored)
-	if res.stored != res.moved && move == moveSQL {
+	if chained >= 0 && res.stored != chained {
+		if dedupe {
+			return res, fmt.Errorf("moving %d outbox rows from pos %d: stored %d of %d chained events, with the seq counter locked",
+				len(res.claimed), res.claimed[0], res.stored, chained)
+		}
 		return res, errDuplicateInBatch // rolled back by the deferred function
 	}
 	if h := r.hooks.beforeCommit; h != nil {
