@@ -233,6 +233,7 @@ func (h *Handlers) export(c *gin.Context) {
 		rows = cw.Rows()
 	}
 	h.exportRows.Add(float64(rows))
+	h.exportBytes.Add(float64(cw.Bytes()))
 
 	// The request's context may be cancelled (client gone); recording is
 	// not. Its values (the request info: IP, user agent, request id) stay.

@@ -83,7 +83,7 @@ func TestExportMatchesModel(t *testing.T) {
 	plain := newHandlers(t, pool, Config{CSVFormulaGuard: false, Registerer: reg}) // shares the counter
 
 	var exports int
-	var totalRows float64
+	var totalRows, totalBytes float64
 	for combo := range 40 {
 		raw := randomFilters(rng)
 		if combo == 0 {
@@ -117,6 +117,7 @@ func TestExportMatchesModel(t *testing.T) {
 			}
 			exports++
 			totalRows += float64(len(want))
+			totalBytes += float64(w.Body.Len())
 		}
 	}
 	recs := exportEvents(t, pool)
@@ -137,9 +138,12 @@ func TestExportMatchesModel(t *testing.T) {
 	require.EqualValues(t, len(expected(all, recs[0].Workspace, Filters{})), recs[0].Details["rows"])
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
-	require.Len(t, mfs, 1)
-	require.Equal(t, "auditlog_export_rows_total", mfs[0].GetName())
-	require.Equal(t, totalRows, mfs[0].GetMetric()[0].GetCounter().GetValue())
+	require.Len(t, mfs, 2)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+	}
+	require.Equal(t, map[string]float64{"auditlog_export_rows_total": totalRows, "auditlog_export_bytes_total": totalBytes}, got)
 }
 
 // TestExportFormulaGuard spells out the guard on the trigger characters.

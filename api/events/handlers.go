@@ -55,6 +55,8 @@ type Handlers struct {
 	log        *slog.Logger
 	keys       *cursorKeys
 	exportRows prometheus.Counter
+	// exportBytes counts export body bytes sent.
+	exportBytes prometheus.Counter
 }
 
 // New returns the handlers reading from pool.
@@ -68,31 +70,49 @@ func New(pool *pgxpool.Pool, cfg Config) (*Handlers, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	rows := prometheus.NewCounter(prometheus.CounterOpts{
+	rows, err := registerCounter(cfg.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "auditlog_export_rows_total",
-		Help: "Rows written by CSV exports (complete and interrupted).",
-	})
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(rows); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, fmt.Errorf("events: registering auditlog_export_rows_total: %w", err)
-			}
-			// A second Handlers on the same registry shares the counter.
-			existing, ok := are.ExistingCollector.(prometheus.Counter)
-			if !ok {
-				return nil, fmt.Errorf("events: auditlog_export_rows_total is registered as another type: %w", err)
-			}
-			rows = existing
-		}
+		Help: "Rows written by exports, CSV and ndjson (complete and interrupted).",
+	}))
+	if err != nil {
+		return nil, err
+	}
+	bytes, err := registerCounter(cfg.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "auditlog_export_bytes_total",
+		Help: "Bytes of export bodies sent, CSV and ndjson (complete and interrupted).",
+	}))
+	if err != nil {
+		return nil, err
 	}
 	return &Handlers{
-		pool:       pool,
-		cfg:        cfg,
-		log:        cfg.Logger,
-		keys:       &cursorKeys{pool: pool},
-		exportRows: rows,
+		pool:        pool,
+		cfg:         cfg,
+		log:         cfg.Logger,
+		keys:        &cursorKeys{pool: pool},
+		exportRows:  rows,
+		exportBytes: bytes,
 	}, nil
+}
+
+// registerCounter registers c with reg (when set); a second Handlers on the
+// same registry shares the counter registered first.
+func registerCounter(reg prometheus.Registerer, c prometheus.Counter) (prometheus.Counter, error) {
+	if reg == nil {
+		return c, nil
+	}
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) {
+		return nil, fmt.Errorf("events: registering metrics: %w", err)
+	}
+	existing, ok := are.ExistingCollector.(prometheus.Counter)
+	if !ok {
+		return nil, fmt.Errorf("events: a metric is registered as another type: %w", err)
+	}
+	return existing, nil
 }
 
 // Register adds GET /events and GET /events/export to v1, which must run the
