@@ -148,13 +148,8 @@ func TestExportDisconnectInProcess(t *testing.T) {
 	insertBacklog(t, pool, workspace, 50_000)
 	rl, err := relay.New(pool, relay.Config{BatchSize: 10_000, Logger: log})
 	require.NoError(t, err)
-	for {
-		n, err := rl.MoveOnce(ctx)
-		require.NoError(t, err)
-		if n == 0 {
-			break
-		}
-	}
+	_, err = rl.Drain(ctx)
+	require.NoError(t, err)
 
 	reg := prometheus.NewRegistry()
 	rec, err := outbox.New(outbox.Options{})
@@ -204,13 +199,8 @@ func TestExportDisconnectInProcess(t *testing.T) {
 	shutdown()
 
 	// The cut export is recorded as incomplete once moved.
-	for {
-		n, err := rl.MoveOnce(ctx)
-		require.NoError(t, err)
-		if n == 0 {
-			break
-		}
-	}
+	_, err = rl.Drain(ctx)
+	require.NoError(t, err)
 	recs := exportEvents(t, pool, workspace)
 	require.Len(t, recs, 1)
 	require.Equal(t, false, recs[0]["complete"])

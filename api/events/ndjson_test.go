@@ -39,13 +39,8 @@ func TestNDJSONExportIsTheChain(t *testing.T) {
 	require.NoError(t, pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return rec.RecordBatch(ctx, tx, in) }))
 	rl, err := relay.New(pool, relay.Config{BatchSize: 37, Logger: discardLogger()})
 	require.NoError(t, err)
-	for {
-		n, err := rl.MoveOnce(ctx)
-		require.NoError(t, err)
-		if n == 0 {
-			break
-		}
-	}
+	_, err = rl.Drain(ctx)
+	require.NoError(t, err)
 
 	h := newHandlers(t, pool, Config{Recorder: rec})
 	r := testRouter(h, readKey("ws_a"))

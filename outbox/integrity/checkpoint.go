@@ -42,7 +42,16 @@ type Bridge struct {
 // returns and `auditlog verify --checkpoints` reads.
 type Checkpoint struct {
 	// ID numbers checkpoints in creation order; not signed.
-	ID          int64  `json:"id"`
+	ID int64 `json:"id"`
+	Statement
+	// Signature is standard base64 of the Ed25519 signature over
+	// SignedBytes; null when no signing key was configured.
+	Signature *string `json:"signature"`
+}
+
+// Statement is what a checkpoint's signature covers: every member of its
+// JSON object but id and signature.
+type Statement struct {
 	WorkspaceID string `json:"workspace_id"`
 	// Seq is the seq of the head event, 0 for an empty chain.
 	Seq int64 `json:"seq"`
@@ -57,34 +66,16 @@ type Checkpoint struct {
 	Bridges []Bridge `json:"bridges"`
 	// KeyID names the signing key ([KeyID]); null when unsigned.
 	KeyID *string `json:"key_id"`
-	// Signature is standard base64 of the Ed25519 signature over
-	// SignedBytes; null when no signing key was configured.
-	Signature *string `json:"signature"`
-}
-
-// signedCheckpoint is what a signature covers: every member but id and
-// signature.
-type signedCheckpoint struct {
-	WorkspaceID string   `json:"workspace_id"`
-	Seq         int64    `json:"seq"`
-	Hash        string   `json:"hash"`
-	CreatedAt   string   `json:"created_at"`
-	Kind        string   `json:"kind"`
-	Bridges     []Bridge `json:"bridges"`
-	KeyID       *string  `json:"key_id"`
 }
 
 // SignedBytes returns the bytes the signature covers: the RFC 8785 form of
 // the checkpoint's JSON object without "id" and "signature".
 func (c Checkpoint) SignedBytes() ([]byte, error) {
-	bridges := c.Bridges
-	if bridges == nil {
-		bridges = []Bridge{}
+	st := c.Statement
+	if st.Bridges == nil {
+		st.Bridges = []Bridge{}
 	}
-	raw, err := json.Marshal(signedCheckpoint{
-		WorkspaceID: c.WorkspaceID, Seq: c.Seq, Hash: c.Hash, CreatedAt: c.CreatedAt,
-		Kind: c.Kind, Bridges: bridges, KeyID: c.KeyID,
-	})
+	raw, err := json.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("encoding checkpoint: %w", err)
 	}
@@ -260,10 +251,10 @@ func (c *Checkpointer) insert(ctx context.Context, q execQuerier, ws string, seq
 		bridges = []Bridge{}
 	}
 	created := c.now().UTC().Truncate(time.Millisecond)
-	cp := Checkpoint{
+	cp := Checkpoint{Statement: Statement{
 		WorkspaceID: ws, Seq: seq, Hash: hex.EncodeToString(hash),
 		CreatedAt: outbox.FormatTime(created), Kind: kind, Bridges: bridges,
-	}
+	}}
 	if err := cp.sign(c.signer); err != nil {
 		return Checkpoint{}, fmt.Errorf("signing checkpoint of workspace %s: %w", ws, err)
 	}

@@ -72,13 +72,8 @@ func (e *env) record(t *testing.T, w string, at ...time.Time) {
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	require.NoError(t, rec.RecordBatch(t.Context(), tx, evs))
 	require.NoError(t, tx.Commit(t.Context()))
-	for {
-		n, err := e.relay.MoveOnce(t.Context())
-		require.NoError(t, err)
-		if n == 0 {
-			return
-		}
-	}
+	_, err = e.relay.Drain(t.Context())
+	require.NoError(t, err)
 }
 
 func nowTimes(n int) []time.Time { return make([]time.Time, n) }

@@ -82,6 +82,18 @@ WHERE o.pos = ANY($1::bigint[])
     SELECT 1 FROM audit_events e
     WHERE e.workspace_id = o.workspace_id AND e.occurred_at = o.occurred_at AND e.id = o.id)`
 
+// moveHeadSQL starts both move statements: advance the seq counter by the
+// number of claimed rows and delete them from the outbox.
+const moveHeadSQL = `
+WITH counter AS (
+    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
+    RETURNING last_seq
+), moved AS (
+    DELETE FROM audit_outbox
+    WHERE pos = ANY($1::bigint[])
+    RETURNING *
+)`
+
 // moveSQL moves the outbox rows at positions $1, which this transaction has
 // claimed, into audit_events, storing the rows listed in $2 with the seq,
 // prev_hash and hash the relay computed for them ($3, $4, $5). It advances
@@ -94,15 +106,7 @@ WHERE o.pos = ANY($1::bigint[])
 // outbox and its seq value stays unused. ON CONFLICT DO NOTHING catches a
 // resend the relay did not look for (see moveTx); the caller then finds
 // fewer rows stored than it chained and moves the batch again.
-const moveSQL = `
-WITH counter AS (
-    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
-    RETURNING last_seq
-), moved AS (
-    DELETE FROM audit_outbox
-    WHERE pos = ANY($1::bigint[])
-    RETURNING *
-), chain AS (
+const moveSQL = moveHeadSQL + `, chain AS (
     SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[]) AS c(pos, seq, prev_hash, hash)
 ), stored AS (
     INSERT INTO audit_events (
@@ -136,15 +140,7 @@ SELECT (SELECT count(*) FROM stored),
 // CONFLICT. The counter is read through a scalar subquery, not a join: the
 // planner knows nothing of audit_seq's one row, and a join estimated at
 // thousands of rows per event pushed the plan's cost past jit_above_cost.
-const moveUnchainedSQL = `
-WITH counter AS (
-    UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
-    RETURNING last_seq
-), moved AS (
-    DELETE FROM audit_outbox
-    WHERE pos = ANY($1::bigint[])
-    RETURNING *
-), stored AS (
+const moveUnchainedSQL = moveHeadSQL + `, stored AS (
     INSERT INTO audit_events (
         seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
         actor_id, actor_email, actor_name, resource_type, resource_ids,
@@ -211,6 +207,19 @@ type moveResult struct {
 func (r *Relay) MoveOnce(ctx context.Context) (moved int, err error) {
 	_, moved, err = r.moveBatch(ctx)
 	return moved, err
+}
+
+// Drain moves batches until a move finds nothing to move, and returns how
+// many rows it moved in all. Like MoveOnce it is safe while the relay runs;
+// tests, benchmarks and one-off catch-ups use it.
+func (r *Relay) Drain(ctx context.Context) (moved int, err error) {
+	for {
+		n, err := r.MoveOnce(ctx)
+		moved += n
+		if err != nil || n == 0 {
+			return moved, err
+		}
+	}
 }
 
 // moveBatch moves the head of the outbox, isolating rows that cannot be

@@ -763,3 +763,17 @@ func TestIsRowErrorAndMissingPartition(t *testing.T) {
 	require.True(t, isTransient(&pgconn.PgError{Code: "57P01"}))
 	require.True(t, isTransient(&pgconn.PgError{Code: "55P03"}))
 }
+
+func TestDrainMovesEverything(t *testing.T) {
+	t.Parallel()
+	pool := setup(t)
+	record(t, pool, events(25))
+	r := newRelay(t, pool, Config{BatchSize: 7})
+	n, err := r.Drain(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 25, n)
+	require.Equal(t, uint64(4), r.Stats().Batches, "7+7+7+4")
+	n, err = r.Drain(t.Context())
+	require.NoError(t, err)
+	require.Zero(t, n)
+}
