@@ -504,3 +504,53 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s not registered", name)
 	return 0
 }
+
+// TestConcurrentRelaysKeepOneChain moves events of the same workspaces with
+// two relays at once: their moves interleave, and every workspace's chain
+// still verifies end to end.
+func TestConcurrentRelaysKeepOneChain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	rec, err := outbox.New(outbox.Options{})
+	require.NoError(t, err)
+	workspaces := []string{ws, "ws_two", "ws_three"}
+	var evs []outbox.Event
+	for i := range 3000 {
+		evs = append(evs, outbox.Event{WorkspaceID: workspaces[i%3], Action: "ticket.update", Source: "api",
+			Actor: outbox.Actor{Type: "service", ID: "sync"}, Details: map[string]any{"i": i}})
+	}
+	for i := 0; i < len(evs); i += 500 {
+		tx, err := e.pool.Begin(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, rec.RecordBatch(t.Context(), tx, evs[i:i+500]))
+		require.NoError(t, tx.Commit(t.Context()))
+	}
+	relays := make([]*relay.Relay, 2)
+	for i := range relays {
+		relays[i], err = relay.New(e.pool, relay.Config{BatchSize: 50})
+		require.NoError(t, err)
+	}
+	errs := make(chan error, len(relays))
+	moved := make(chan int, len(relays))
+	for _, r := range relays {
+		go func() {
+			n, err := r.Drain(t.Context())
+			moved <- n
+			errs <- err
+		}()
+	}
+	total := 0
+	for range relays {
+		require.NoError(t, <-errs)
+		total += <-moved
+	}
+	require.Equal(t, len(evs), total)
+	require.NotZero(t, relays[0].Stats().Batches)
+	require.NotZero(t, relays[1].Stats().Batches, "both relays moved batches")
+	for _, w := range workspaces {
+		rep, err := integrity.VerifyWorkspace(t.Context(), e.pool, w, e.signer.PublicKey())
+		require.NoError(t, err)
+		require.True(t, rep.OK(), "%s: %v", w, rep.Break)
+		require.EqualValues(t, 1000, rep.Events, w)
+	}
+}
