@@ -202,16 +202,8 @@ func (h *Handlers) export(c *gin.Context) {
 	}
 	// Fail closed: an export that cannot first be written down as begun
 	// does not start, so none can go unrecorded (see intent.go).
-	intent := exportIntent{
-		WS:      ws,
-		Actor:   outbox.Actor{Type: outbox.ActorAPIKey, ID: req.key.ID, Name: req.key.Name},
-		Filters: exportFilters(req.filters),
-		Format:  format,
-	}
-	if info, ok := outbox.RequestInfoFrom(ctx); ok {
-		intent.Info = info
-	}
-	intentID, err := beginIntent(ctx, conn.Conn(), intent)
+	actor := outbox.Actor{Type: outbox.ActorAPIKey, ID: req.key.ID, Name: req.key.Name}
+	intent, err := BeginExportIntent(ctx, conn.Conn(), ws, req.filters, format, actor, "api")
 	if err != nil {
 		conn.Release()
 		h.log.Error("events: starting export failed", "workspace_id", ws, "error", err)
@@ -239,12 +231,11 @@ func (h *Handlers) export(c *gin.Context) {
 	// not. Its values (the request info: IP, user agent, request id) stay.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
-	recErr := recordAndEnd(rctx, h.pool, h.cfg.Recorder, intentID, intent.event(&rows, complete))
+	recErr := intent.End(rctx, h.pool, h.cfg.Recorder, rows, complete)
 	if recErr != nil {
 		h.log.Error("events: recording export event failed; the interrupted-export sweep will record it",
 			"workspace_id", ws, "error", recErr)
 	}
-	unlockIntent(rctx, conn.Conn(), intentID)
 	conn.Release() // a connection closed by an interrupted COPY is discarded by the pool
 
 	switch {
@@ -268,15 +259,6 @@ func (h *Handlers) export(c *gin.Context) {
 		h.log.Info("events: export done", "workspace_id", ws, "rows", rows, "bytes", cw.Bytes(),
 			"duration_ms", time.Since(began).Milliseconds())
 	}
-}
-
-// ExportEvent is the audit_log.export event describing an export of
-// workspace with filters f: rows written and whether it completed, the same
-// details the HTTP export records. Callers set the actor and source.
-func ExportEvent(workspace string, f Filters, rows int64, complete bool) outbox.Event {
-	e := exportIntent{WS: workspace, Filters: exportFilters(f)}.event(&rows, complete)
-	e.Source = ""
-	return e
 }
 
 // exportFilters renders f for the export event's details: from and to as

@@ -53,6 +53,50 @@ type exportIntent struct {
 	// Format is FormatCSV or FormatNDJSON; empty (intents written before
 	// ndjson existed) means csv.
 	Format string `json:"format,omitempty"`
+	// Source is the event's source; empty (older intents) means api.
+	Source string `json:"source,omitempty"`
+}
+
+// Intent is an export written down as begun: [BeginExportIntent] before the
+// first byte, [Intent.End] after the last. The HTTP export and the
+// `auditlog export` command both go through it, so neither can stream
+// events without the export being recorded, even if the process dies.
+type Intent struct {
+	id   int64
+	conn *pgx.Conn
+	in   exportIntent
+}
+
+// BeginExportIntent records that actor, from source, starts exporting
+// workspace's events matching f in format, with the request information in
+// ctx (address, user agent, request id), and takes the intent's lock on
+// conn, which must stay the exporting connection until End. When it fails
+// the export must not start: that is what makes the record fail-closed.
+func BeginExportIntent(ctx context.Context, conn *pgx.Conn, workspace string, f Filters, format string, actor outbox.Actor, source string) (*Intent, error) {
+	in := exportIntent{WS: workspace, Actor: actor, Filters: exportFilters(f), Format: format, Source: source}
+	if info, ok := outbox.RequestInfoFrom(ctx); ok {
+		in.Info = info
+	}
+	id, err := beginIntent(ctx, conn, in)
+	if err != nil {
+		return nil, err
+	}
+	return &Intent{id: id, conn: conn, in: in}, nil
+}
+
+// End records the audit_log.export event (rows written and whether the
+// export completed) and deletes the intent in one transaction on pool, then
+// releases the intent's lock. If recording fails, the intent stays for
+// SweepInterruptedExports and the error is returned: the export must not be
+// presented as complete. ctx should outlive a cancelled export (use
+// context.WithoutCancel); its request information is kept on the event.
+func (i *Intent) End(ctx context.Context, pool *pgxpool.Pool, rec *outbox.Recorder, rows int64, complete bool) error {
+	err := recordAndEnd(ctx, pool, rec, i.id, i.in.event(&rows, complete))
+	unlockIntent(ctx, i.conn, i.id)
+	if err != nil {
+		return fmt.Errorf("recording the export event: %w", err)
+	}
+	return nil
 }
 
 // beginIntent records the intent and takes its lock on conn, which must
@@ -170,7 +214,7 @@ func (in exportIntent) event(rows *int64, complete bool) outbox.Event {
 		WorkspaceID: in.WS,
 		Action:      ExportAction,
 		Actor:       in.Actor,
-		Source:      "api",
+		Source:      cmp.Or(in.Source, "api"),
 		Details:     details,
 	}
 }

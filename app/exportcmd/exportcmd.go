@@ -36,7 +36,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/term"
 
@@ -164,12 +163,25 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 		dest = tmp
 	}
 
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("export: connecting to the database: %w", err)
+	}
+	defer conn.Release() // a connection closed by an interrupted COPY is discarded by the pool
+	// Fail closed, as the HTTP export: no byte is written before the export
+	// is written down as begun, so a crash cannot leave it unrecorded.
+	actor := outbox.Actor{Type: outbox.ActorService, ID: ActorID, Name: osUser()}
+	intent, err := events.BeginExportIntent(ctx, conn.Conn(), *workspace, filters, events.FormatCSV, actor, Source)
+	if err != nil {
+		return fmt.Errorf("export: not started, as it could not be recorded: %w", err)
+	}
+
 	buf := bufio.NewWriterSize(dest, 64<<10)
 	cw := &events.CountingWriter{W: buf}
 	began := time.Now()
 	stopProgress := startProgress(stderr, cw, began, opts)
 
-	rows, exportErr := export(ctx, pool, *workspace, filters, opts.CSVFormulaGuard, cw)
+	rows, exportErr := events.Export(ctx, conn.Conn(), *workspace, filters, opts.CSVFormulaGuard, cw)
 	if exportErr == nil {
 		if err := buf.Flush(); err != nil {
 			exportErr = fmt.Errorf("writing output: %w", err)
@@ -181,8 +193,10 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 		rows = cw.Rows()
 	}
 
-	if err := record(ctx, pool, opts.Recorder, *workspace, filters, rows, complete); err != nil {
-		return errors.Join(exportErr, fmt.Errorf("export: recording the export event: %w", err))
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if err := intent.End(rctx, pool, opts.Recorder, rows, complete); err != nil {
+		return errors.Join(exportErr, fmt.Errorf("export: %w", err))
 	}
 	if exportErr != nil {
 		fmt.Fprintf(stderr, "export failed after %d rows (%s): %v\n", rows, humanBytes(cw.Bytes()), exportErr)
@@ -208,28 +222,6 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	elapsed := time.Since(began)
 	fmt.Fprintf(stderr, "exported %d rows (%s) in %s to %s\n", rows, humanBytes(cw.Bytes()), elapsed.Round(time.Millisecond), target)
 	return nil
-}
-
-// export runs events.Export on a pooled connection.
-func export(ctx context.Context, pool *pgxpool.Pool, workspace string, f events.Filters, guard bool, w io.Writer) (int64, error) {
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("connecting to the database: %w", err)
-	}
-	defer conn.Release()
-	return events.Export(ctx, conn.Conn(), workspace, f, guard, w)
-}
-
-// record writes the audit_log.export event in its own transaction.
-func record(ctx context.Context, pool *pgxpool.Pool, rec *outbox.Recorder, workspace string, f events.Filters, rows int64, complete bool) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
-	defer cancel()
-	e := events.ExportEvent(workspace, f, rows, complete)
-	e.Actor = outbox.Actor{Type: outbox.ActorService, ID: ActorID, Name: osUser()}
-	e.Source = Source
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		return rec.Record(ctx, tx, e)
-	})
 }
 
 // osUser names the operating-system user running the command, "" if unknown.

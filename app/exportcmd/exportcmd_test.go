@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -303,4 +304,53 @@ func TestProgress(t *testing.T) {
 	require.Equal(t, "1.5 KiB", humanBytes(1536))
 	require.Equal(t, "3.0 MiB", humanBytes(3<<20))
 	require.Equal(t, "12 B", humanBytes(12))
+}
+
+// probeOnWrite runs probe on the first write, while the export streams.
+type probeOnWrite struct {
+	probe func()
+	done  bool
+	bytes.Buffer
+}
+
+func (p *probeOnWrite) Write(b []byte) (int, error) {
+	if !p.done {
+		p.done = true
+		p.probe()
+	}
+	return p.Buffer.Write(b)
+}
+
+// TestRunIsRecordedFromTheFirstByte checks the command writes its export
+// intent before any row (so a killed command is recorded by serve's sweep),
+// removes it when it records the event, and exports nothing when the
+// intent cannot be written.
+func TestRunIsRecordedFromTheFirstByte(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, sample())
+	ctx := context.Background()
+	var during []string
+	out := &probeOnWrite{probe: func() {
+		rows, err := pool.Query(ctx, `SELECT payload::jsonb->>'source' FROM audit_export_intents`)
+		require.NoError(t, err)
+		during, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+	}}
+	require.NoError(t, Run(ctx, pool, []string{"--workspace", "ws_a"}, out, io.Discard))
+	require.Equal(t, []string{Source}, during, "the intent exists while rows stream")
+	var left int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_export_intents`).Scan(&left))
+	require.Zero(t, left)
+	recs := exportEvents(t, pool)
+	require.Len(t, recs, 1)
+	require.Equal(t, Source, recs[0].Source)
+	require.Equal(t, true, recs[0].Details["complete"])
+
+	// Fail closed: without a way to write the intent, nothing is exported.
+	_, err := pool.Exec(ctx, `ALTER TABLE audit_export_intents RENAME TO audit_export_intents_gone`)
+	require.NoError(t, err)
+	var refused bytes.Buffer
+	err = Run(ctx, pool, []string{"--workspace", "ws_a"}, &refused, io.Discard)
+	require.ErrorContains(t, err, "not started")
+	require.Zero(t, refused.Len())
 }
