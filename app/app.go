@@ -31,7 +31,7 @@ Usage:
   auditlog keys create --workspace W --scopes events:read,events:write [--name N]
   auditlog keys list --workspace W
   auditlog keys revoke ID
-  auditlog export --workspace W [filters] [-o FILE]
+  auditlog export --workspace W [filters] [--format csv|ndjson] [-o FILE]
   auditlog partitions list | ensure | prune [--dry-run]
   auditlog deadletters list | retry [--all | POS ...]
   auditlog members invite --workspace W --email E [--role owner] [--name N] [--slack-user U]

@@ -1,13 +1,13 @@
-// Package exportcmd is `auditlog export`: the CSV export of package events,
-// run from the command line straight against the database, with progress on
-// stderr.
+// Package exportcmd is `auditlog export`: the export of package events (CSV,
+// or ndjson for offline verification), run from the command line straight
+// against the database, with progress on stderr.
 //
 //	auditlog export --workspace W [--actor-email E]... [--actor-id I]...
 //	    [--action A]... [--resource-type T]... [--source S]...
-//	    [--from RFC3339] [--to RFC3339] [-o FILE]
+//	    [--from RFC3339] [--to RFC3339] [--format csv|ndjson] [-o FILE]
 //
 // Filters are those of GET /v1/events/export and are validated the same way;
-// repeat a flag to match any of its values. The CSV goes to FILE (written to
+// repeat a flag to match any of its values. The export goes to FILE (written to
 // a temporary file beside it and renamed into place only when complete, so
 // FILE is never a truncated export) or to stdout. On a terminal, progress
 // (rows, bytes, rate) is redrawn on stderr every second; a summary line is
@@ -17,8 +17,10 @@
 // workspace: actor {type: service, id: auditlog-cli, name: the OS user
 // running the command}, source "cli" (the command runs on the server, so no
 // client address applies and ip is null). An interrupted run (Ctrl-C) is
-// recorded with complete=false. If the event cannot be recorded, the
-// command fails and FILE is not written.
+// recorded with complete=false; a killed one by serve's sweep of export
+// intents. If the export cannot be recorded as begun, nothing is exported;
+// if its event cannot be recorded at the end, the command fails and FILE is
+// not written.
 package exportcmd
 
 import (
@@ -103,7 +105,8 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	workspace := fs.String("workspace", "", "workspace to export (required)")
-	out := fs.String("o", "", "write the CSV to `FILE` instead of stdout")
+	out := fs.String("o", "", "write the export to `FILE` instead of stdout")
+	format := fs.String("format", events.FormatCSV, "csv, or ndjson (seq order, with seq, hash and prev_hash: for auditlog verify --file)")
 	from := fs.String("from", "", "inclusive lower bound of occurred_at (RFC 3339)")
 	to := fs.String("to", "", "exclusive upper bound of occurred_at (RFC 3339)")
 	// --config is read by the caller before dispatching; accepted here so it
@@ -121,6 +124,9 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	}
 	if *workspace == "" {
 		return errors.New("export: --workspace is required")
+	}
+	if *format != events.FormatCSV && *format != events.FormatNDJSON {
+		return fmt.Errorf("export: --format %q: want csv or ndjson", *format)
 	}
 	if !outbox.ValidWorkspaceID(*workspace) {
 		return fmt.Errorf("export: --workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
@@ -171,17 +177,23 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	// Fail closed, as the HTTP export: no byte is written before the export
 	// is written down as begun, so a crash cannot leave it unrecorded.
 	actor := outbox.Actor{Type: outbox.ActorService, ID: ActorID, Name: osUser()}
-	intent, err := events.BeginExportIntent(ctx, conn.Conn(), *workspace, filters, events.FormatCSV, actor, Source)
+	intent, err := events.BeginExportIntent(ctx, conn.Conn(), *workspace, filters, *format, actor, Source)
 	if err != nil {
 		return fmt.Errorf("export: not started, as it could not be recorded: %w", err)
 	}
 
 	buf := bufio.NewWriterSize(dest, 64<<10)
-	cw := &events.CountingWriter{W: buf}
+	cw := &events.CountingWriter{W: buf, NDJSON: *format == events.FormatNDJSON}
 	began := time.Now()
 	stopProgress := startProgress(stderr, cw, began, opts)
 
-	rows, exportErr := events.Export(ctx, conn.Conn(), *workspace, filters, opts.CSVFormulaGuard, cw)
+	var rows int64
+	var exportErr error
+	if *format == events.FormatNDJSON {
+		rows, exportErr = events.ExportNDJSON(ctx, conn.Conn(), *workspace, filters, cw)
+	} else {
+		rows, exportErr = events.Export(ctx, conn.Conn(), *workspace, filters, opts.CSVFormulaGuard, cw)
+	}
 	if exportErr == nil {
 		if err := buf.Flush(); err != nil {
 			exportErr = fmt.Errorf("writing output: %w", err)

@@ -354,3 +354,26 @@ func TestRunIsRecordedFromTheFirstByte(t *testing.T) {
 	require.ErrorContains(t, err, "not started")
 	require.Zero(t, refused.Len())
 }
+
+func TestRunNDJSON(t *testing.T) {
+	t.Parallel()
+	pool := setup(t, sample())
+	var out bytes.Buffer
+	require.NoError(t, Run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "ndjson"}, &out, io.Discard))
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	require.Len(t, lines, 3)
+	for _, l := range lines {
+		var ev map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
+		require.Equal(t, "ws_a", ev["workspace_id"])
+		require.Contains(t, ev, "seq")
+		require.Contains(t, ev, "hash")
+	}
+	recs := exportEvents(t, pool)
+	require.Len(t, recs, 1)
+	require.Equal(t, "ndjson", recs[0].Details["format"])
+	require.EqualValues(t, 3, recs[0].Details["rows"])
+
+	err := Run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "xml"}, &out, io.Discard)
+	require.ErrorContains(t, err, "--format")
+}
