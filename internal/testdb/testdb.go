@@ -27,8 +27,8 @@
 // time>_<random> TEMPLATE auditlog_tpl_<hash>`, dropped WITH (FORCE) at
 // cleanup after its pool is closed. Test databases older than six hours
 // (left by killed test runs) are dropped when a test process first sets up.
-// Templates of older migration sets are left in place (a few MB each); drop
-// them by hand if they pile up.
+// Templates of other migration sets (a few MB each) are dropped at setup
+// when no test database was created in the last hour.
 //
 // # Which server
 //
@@ -96,6 +96,10 @@ const (
 	// staleAfter: test databases older than this are leftovers of killed
 	// runs. Generous, so that a long soak test is never dropped under itself.
 	staleAfter = 6 * time.Hour
+	// templateIdleAfter: templates of other migration sets are dropped only
+	// when no test database was created for this long (another checkout's
+	// test run might still clone from them).
+	templateIdleAfter = time.Hour
 	// templateLockKey is the advisory lock serialising template builds across
 	// test processes ("auditlog" in ASCII).
 	templateLockKey int64 = 0x61_75_64_69_74_6c_6f_67
@@ -112,6 +116,8 @@ const (
 	sqlTemplateState  = `SELECT datistemplate FROM pg_database WHERE datname = $1`
 	sqlDatabaseExists = `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`
 	sqlListTestDBs    = `SELECT datname FROM pg_database WHERE datname LIKE 'auditlog\_test\_%'`
+	// sqlListTemplates lists the templates of migration sets (16 hex digits).
+	sqlListTemplates = `SELECT datname FROM pg_database WHERE datname ~ '^auditlog_tpl_[0-9a-f]{16}$'`
 	// Formats take identifiers sanitised with pgx.Identifier; CREATE and DROP
 	// DATABASE accept no bind parameters.
 	fmtCreateEmpty    = `CREATE DATABASE %s TEMPLATE template0 ENCODING 'UTF8'`
@@ -152,6 +158,7 @@ func setup() server {
 		// Best effort: a leftover that cannot be dropped now is retried by
 		// the next test process.
 		_ = dropStale(ctx, adminURL, time.Now().Add(-staleAfter))
+		_ = dropOtherTemplates(ctx, adminURL, name, time.Now().Add(-templateIdleAfter))
 		setupRes = server{adminURL: adminURL, template: name}
 	})
 	return setupRes
@@ -352,7 +359,7 @@ func migrate(ctx context.Context, adminURL, name string) error {
 	return nil
 }
 
-// dropTemplate unseals and drops a template; for tests of this package.
+// dropTemplate unseals and drops a template.
 func dropTemplate(ctx context.Context, adminURL, name string) error {
 	if err := adminExec(ctx, adminURL, fmt.Sprintf(fmtUnsealTemplate, ident(name))); err != nil {
 		return fmt.Errorf("unsealing template %s: %w", name, err)
@@ -384,6 +391,45 @@ func dropStale(ctx context.Context, adminURL string, cutoff time.Time) error {
 		}
 		if _, err := conn.Exec(ctx, fmt.Sprintf(fmtDrop, ident(name))); err != nil {
 			errs = append(errs, fmt.Errorf("dropping stale test database %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dropOtherTemplates drops the templates of migration sets other than keep,
+// which migration changes leave behind (a few MB each), unless a test
+// database was created after busySince: some test run may still be cloning
+// from them. It holds the template build lock meanwhile.
+func dropOtherTemplates(ctx context.Context, adminURL, keep string, busySince time.Time) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", redact(adminURL), err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sqlAdvisoryLock, templateLockKey); err != nil {
+		return fmt.Errorf("waiting for the template build lock: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), sqlAdvisoryUnlock, templateLockKey) }()
+	tests, err := queryStrings(ctx, conn, sqlListTestDBs)
+	if err != nil {
+		return fmt.Errorf("listing test databases: %w", err)
+	}
+	for _, name := range tests {
+		if created, ok := createdAt(name); ok && created.After(busySince) {
+			return nil // a test run is active
+		}
+	}
+	templates, err := queryStrings(ctx, conn, sqlListTemplates)
+	if err != nil {
+		return fmt.Errorf("listing templates: %w", err)
+	}
+	var errs []error
+	for _, name := range templates {
+		if name == keep {
+			continue
+		}
+		if err := dropTemplate(ctx, adminURL, name); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -253,3 +253,24 @@ func BenchmarkCreateDrop(b *testing.B) {
 		require.NoError(b, dropDatabase(ctx, s.adminURL, name))
 	}
 }
+
+func TestDropOtherTemplatesKeepsTheCurrentAndBusyOnes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	adminURL := AdminURL(t)
+	current := templatePrefix + migrations.Hash()
+	other := templatePrefix + "00000000000000f0" // a migration set's name shape
+	require.NoError(t, adminExec(ctx, adminURL, fmt.Sprintf(fmtCreateEmpty, ident(other))))
+	require.NoError(t, adminExec(ctx, adminURL, fmt.Sprintf(fmtSealTemplate, ident(other))))
+	t.Cleanup(func() { _ = dropTemplate(context.Background(), adminURL, other) })
+
+	// A test database created after busySince: a run is active, nothing goes.
+	New(t)
+	require.NoError(t, dropOtherTemplates(ctx, adminURL, current, time.Now().Add(-time.Hour)))
+	require.True(t, databaseExists(t, other))
+
+	// No test database created since: the other template goes, ours stays.
+	require.NoError(t, dropOtherTemplates(ctx, adminURL, current, time.Now().Add(time.Hour)))
+	require.False(t, databaseExists(t, other))
+	require.True(t, databaseExists(t, current))
+}
