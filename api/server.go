@@ -120,6 +120,11 @@ type Server struct {
 	// inflight counts handlers running, so Shutdown can wait for the ones
 	// whose connections it had to cut (an export then records itself).
 	inflight sync.WaitGroup
+
+	// authn listens for key revocations from Start to Shutdown.
+	authn      *auth.Authenticator
+	stopListen context.CancelFunc
+	listenDone chan struct{}
 }
 
 // New builds the server and its routes. It does not listen; see Start.
@@ -200,7 +205,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		f(engine)
 	}
 
-	s := &Server{cfg: cfg, logger: deps.Logger, engine: engine}
+	s := &Server{cfg: cfg, logger: deps.Logger, engine: engine, authn: authn}
 	s.srv = &http.Server{
 		Addr:              cfg.Addr,
 		Handler:           s.track(engine),
@@ -278,6 +283,13 @@ func (s *Server) Start() error {
 	}
 	s.listener = l
 	s.served = make(chan error, 1)
+	// Revoked keys leave the auth cache as soon as they are revoked.
+	lctx, stop := context.WithCancel(context.Background())
+	s.stopListen, s.listenDone = stop, make(chan struct{})
+	go func() {
+		defer close(s.listenDone)
+		s.authn.Listen(lctx)
+	}()
 	s.logger.Info("api: listening", "addr", l.Addr().String())
 	go func() {
 		err := s.srv.Serve(l)
@@ -325,6 +337,7 @@ func (s *Server) track(h http.Handler) http.Handler {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	served := s.served
+	stopListen, listenDone := s.stopListen, s.listenDone
 	s.mu.Unlock()
 	err := s.srv.Shutdown(ctx)
 	if err != nil {
@@ -346,6 +359,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if serveErr := <-served; serveErr != nil && err == nil {
 			err = fmt.Errorf("api: serving: %w", serveErr)
 		}
+	}
+	if stopListen != nil {
+		stopListen()
+		<-listenDone
 	}
 	return err
 }

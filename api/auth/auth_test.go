@@ -110,6 +110,7 @@ func TestCreateValidates(t *testing.T) {
 // echo what they saw.
 type authBundle struct {
 	pool   *pgxpool.Pool
+	auth   *Authenticator
 	engine *gin.Engine
 	now    atomic.Pointer[time.Time]
 }
@@ -123,6 +124,7 @@ func setup(t *testing.T, opts Options) *authBundle {
 	opts.Now = func() time.Time { return *b.now.Load() }
 	a, err := NewAuthenticator(b.pool, discardLogger(), opts)
 	require.NoError(t, err)
+	b.auth = a
 	b.engine = gin.New()
 	v1 := b.engine.Group("/v1", a.Handler())
 	echo := func(c *gin.Context) {
@@ -273,6 +275,35 @@ func TestRevocationAndCache(t *testing.T) {
 		w, body := b.do(t, "GET", "/v1/read", "Bearer "+secret)
 		require.Equal(t, 401, w.Code)
 		require.Contains(t, body.Error.Message, "revoked")
+	})
+	t.Run("a listening server forgets a revoked key at once", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, Options{CacheTTL: time.Hour})
+		lctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); b.auth.Listen(lctx) }()
+		t.Cleanup(func() { stop(); <-done })
+		// Wait until the LISTEN is in place, so what follows goes through
+		// the notification and not the cache reset of a (re)connection.
+		var dbName string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName))
+		require.Eventually(t, func() bool {
+			var n int
+			err := b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query = $2`,
+				dbName, listenSQL).Scan(&n)
+			return err == nil && n == 1
+		}, 10*time.Second, 10*time.Millisecond)
+
+		key, secret, err := Create(ctx, b.pool, "ws_acme", "svc", []string{ScopeRead})
+		require.NoError(t, err)
+		w, _ := b.do(t, "GET", "/v1/read", "Bearer "+secret)
+		require.Equal(t, 200, w.Code)
+		require.NoError(t, Revoke(ctx, b.pool, key.ID))
+		// Without the notification the cached key would work for an hour.
+		require.Eventually(t, func() bool {
+			w, _ := b.do(t, "GET", "/v1/read", "Bearer "+secret)
+			return w.Code == 401
+		}, 5*time.Second, 5*time.Millisecond)
 	})
 	t.Run("without cache revocation is immediate", func(t *testing.T) {
 		t.Parallel()

@@ -39,8 +39,10 @@ const touchTimeout = 2 * time.Second
 // Options configure an Authenticator. Zero values take the defaults.
 type Options struct {
 	// CacheTTL is how long a verified key is trusted without asking the
-	// database again, so a revoked key keeps working on a server for at
-	// most this long. Default 30s; negative disables the cache.
+	// database again. A revoked key leaves the cache at once on a server
+	// running Listen; without it, or while Listen is disconnected, it keeps
+	// working for at most this long. Default 30s; negative disables the
+	// cache.
 	CacheTTL time.Duration
 	// TouchInterval is the least time between two last_used_at updates of
 	// one key by one server. Default 1m.

@@ -64,9 +64,20 @@ FROM api_keys
 WHERE workspace_id = $1
 ORDER BY created_at, id`
 
+// It also tells every server, at commit, to forget the key from its cache
+// (Authenticator.Listen). A NOTIFY serialises committing transactions for a
+// moment, which is fine for something as rare as a revocation.
 const revokeKeySQL = `
-UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
-WHERE id = $1`
+WITH revoked AS (
+    UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+    WHERE id = $1
+    RETURNING id
+)
+SELECT pg_notify('` + RevocationChannel + `', id::text) FROM revoked`
+
+// RevocationChannel is the PostgreSQL notification channel on which Revoke
+// announces a revoked key's id.
+const RevocationChannel = "auditlog_api_key_revoked"
 
 // Create stores a new key for workspaceID with scopes and returns it with
 // its secret. The secret is shown only here: only its SHA-256 is stored.
@@ -115,8 +126,10 @@ func List(ctx context.Context, pool *pgxpool.Pool, workspaceID string) ([]KeyInf
 }
 
 // Revoke revokes the key id. Revoking a revoked key is a no-op; an id that
-// names no key (or is not a UUID) is ErrNotFound. Servers stop accepting the
-// key within their cache TTL (Options.CacheTTL, default 30s).
+// names no key (or is not a UUID) is ErrNotFound. Servers running
+// Authenticator.Listen stop accepting the key as soon as they receive the
+// notification, normally within milliseconds; others within their cache TTL
+// (Options.CacheTTL, default 30s).
 func Revoke(ctx context.Context, pool *pgxpool.Pool, id string) error {
 	u, err := uuid.Parse(id)
 	if err != nil {
