@@ -551,7 +551,7 @@ func (m *Maintainer) RunOnce(ctx context.Context) (ran bool, err error) {
 	}
 	err = errors.Join(ensureErr, pruneErr, r.finish(ctx))
 	m.countError(err)
-	m.logger.DebugContext(ctx, "partitions: maintenance run done",
+	m.logger.InfoContext(ctx, "partitions: maintenance run done",
 		"created", len(r.created), "dropped", len(r.dropped), "partitions", len(r.st.parts),
 		"duration_ms", time.Since(start).Milliseconds())
 	return true, err
