@@ -71,10 +71,10 @@ func appendCanonicalIDs(dst []byte, ids []idEntry) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendJCSString(dst, ids[i].key)
+		dst = AppendJCSString(dst, ids[i].key)
 		dst = append(dst, ':')
 		if ids[i].single {
-			dst = appendJCSString(dst, ids[i].one)
+			dst = AppendJCSString(dst, ids[i].one)
 			continue
 		}
 		dst = append(dst, '[')
@@ -82,7 +82,7 @@ func appendCanonicalIDs(dst []byte, ids []idEntry) []byte {
 			if j > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJCSString(dst, v)
+			dst = AppendJCSString(dst, v)
 		}
 		dst = append(dst, ']')
 	}

@@ -55,7 +55,7 @@ func appendCanonical(dst []byte, v any, depth int) ([]byte, error) {
 		if !utf8.ValidString(x) {
 			return nil, errors.New("has a string that is not valid UTF-8")
 		}
-		return appendJCSString(dst, x), nil
+		return AppendJCSString(dst, x), nil
 	case float64:
 		return appendNumber(dst, x)
 	case float32:
@@ -84,7 +84,7 @@ func appendCanonical(dst []byte, v any, depth int) ([]byte, error) {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJCSString(dst, k)
+			dst = AppendJCSString(dst, k)
 			dst = append(dst, ':')
 			var err error
 			if dst, err = appendCanonical(dst, x[k], depth+1); err != nil {

@@ -87,7 +87,7 @@ func (p *jcsParser) value(dst []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return appendJCSString(dst, str), nil
+		return AppendJCSString(dst, str), nil
 	case c == 't':
 		return p.literal(dst, "true")
 	case c == 'f':
@@ -174,7 +174,7 @@ func (p *jcsParser) object(dst []byte) ([]byte, error) {
 			}
 			dst = append(dst, ',')
 		}
-		dst = appendJCSString(dst, m.key)
+		dst = AppendJCSString(dst, m.key)
 		dst = append(dst, ':')
 		dst = append(dst, arena[m.start:m.end]...)
 	}
@@ -366,9 +366,10 @@ func (p *jcsParser) number(dst []byte) ([]byte, error) {
 	return append(dst, s...), nil
 }
 
-// appendJCSString writes s as an RFC 8785 string: only '"', '\\' and
+// AppendJCSString appends s as an RFC 8785 string: only '"', '\\' and
 // control characters are escaped, with the short forms where JSON has them.
-func appendJCSString(dst []byte, s string) []byte {
+// s must be valid UTF-8 (stored text always is).
+func AppendJCSString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(s); i++ {

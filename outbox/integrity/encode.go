@@ -2,8 +2,9 @@ package integrity
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -34,7 +35,7 @@ type EventFields struct {
 // an independent RFC 8785 library.
 func AppendEventBytes(dst []byte, f *EventFields) []byte {
 	dst = append(dst, `{"action":`...)
-	dst = appendString(dst, f.Action)
+	dst = outbox.AppendJCSString(dst, f.Action)
 	dst = append(dst, `,"actor":{"email":`...)
 	dst = appendOptString(dst, f.ActorEmail)
 	dst = append(dst, `,"id":`...)
@@ -42,11 +43,11 @@ func AppendEventBytes(dst []byte, f *EventFields) []byte {
 	dst = append(dst, `,"name":`...)
 	dst = appendOptString(dst, f.ActorName)
 	dst = append(dst, `,"type":`...)
-	dst = appendString(dst, f.ActorType)
+	dst = outbox.AppendJCSString(dst, f.ActorType)
 	dst = append(dst, `},"details":`...)
 	dst = appendOptRaw(dst, f.Details)
 	dst = append(dst, `,"id":"`...)
-	dst = appendUUID(dst, f.ID)
+	dst = append(dst, uuid.UUID(f.ID).String()...)
 	dst = append(dst, `","ip":`...)
 	dst = appendOptString(dst, f.IP)
 	dst = append(dst, `,"occurred_at":"`...)
@@ -60,11 +61,11 @@ func AppendEventBytes(dst []byte, f *EventFields) []byte {
 	dst = append(dst, `,"type":`...)
 	dst = appendOptString(dst, f.ResourceType)
 	dst = append(dst, `},"source":`...)
-	dst = appendString(dst, f.Source)
+	dst = outbox.AppendJCSString(dst, f.Source)
 	dst = append(dst, `,"user_agent":`...)
 	dst = appendOptString(dst, f.UserAgent)
 	dst = append(dst, `,"workspace_id":`...)
-	dst = appendString(dst, f.WorkspaceID)
+	dst = outbox.AppendJCSString(dst, f.WorkspaceID)
 	return append(dst, '}')
 }
 
@@ -99,49 +100,11 @@ func (c *Chainer) Next(f *EventFields) (prev, hash []byte) {
 	return prev, hash
 }
 
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as an RFC 8785 JSON string: " and \ escaped,
-// \b \f \n \r \t, other control characters as \u00xx; everything else as
-// is (stored text is valid UTF-8).
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"':
-			dst = append(dst, '\\', '"')
-		case '\\':
-			dst = append(dst, '\\', '\\')
-		case '\b':
-			dst = append(dst, '\\', 'b')
-		case '\f':
-			dst = append(dst, '\\', 'f')
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
-
 func appendOptString(dst []byte, s *string) []byte {
 	if s == nil {
 		return append(dst, "null"...)
 	}
-	return appendString(dst, *s)
+	return outbox.AppendJCSString(dst, *s)
 }
 
 func appendOptRaw(dst []byte, s *string) []byte {
@@ -149,19 +112,4 @@ func appendOptRaw(dst []byte, s *string) []byte {
 		return append(dst, "null"...)
 	}
 	return append(dst, *s...)
-}
-
-// appendUUID appends id in the canonical lowercase 8-4-4-4-12 form.
-func appendUUID(dst []byte, id [16]byte) []byte {
-	var buf [36]byte
-	hex.Encode(buf[0:8], id[0:4])
-	buf[8] = '-'
-	hex.Encode(buf[9:13], id[4:6])
-	buf[13] = '-'
-	hex.Encode(buf[14:18], id[6:8])
-	buf[18] = '-'
-	hex.Encode(buf[19:23], id[8:10])
-	buf[23] = '-'
-	hex.Encode(buf[24:], id[10:])
-	return append(dst, buf[:]...)
 }

@@ -37,7 +37,7 @@ FROM (
 ) claimed`
 
 // claimedColumns are what the relay reads of each claimed row to extend the
-// hash chain: pos, then integrity.EventFields in the order scanClaimed reads
+// hash chain: pos, then integrity.EventFields in the order claimRows reads
 // them. The address comes as host() prints it, as the API shows it.
 const claimedColumns = `pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
        actor_id, actor_email, actor_name, resource_type, resource_ids, source,
