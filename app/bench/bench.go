@@ -462,6 +462,21 @@ func (b *bench) walPosition(ctx context.Context) int64 {
 	return n
 }
 
+// phase runs one timed phase over n events after a CHECKPOINT and records
+// in rs its events/s under name and its WAL bytes per event under
+// name+"_wal". It returns the phase's duration.
+func (b *bench) phase(ctx context.Context, rs runs, name string, n int, run func() (time.Duration, error)) (time.Duration, error) {
+	b.checkpoint(ctx)
+	wal0 := b.walPosition(ctx)
+	d, err := run()
+	if err != nil {
+		return 0, err
+	}
+	rs.add(name, perSecond(n, d))
+	rs.add(name+"_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
+	return d, nil
+}
+
 // resetStore empties the outbox and the store.
 func (b *bench) resetStore(ctx context.Context) error {
 	if _, err := b.pool.Exec(ctx, truncateAllSQL); err != nil {

@@ -47,16 +47,14 @@ func (b *bench) ingestStage(ctx context.Context) error {
 		for _, bt := range batches {
 			bodyBytes += len(bt.body)
 		}
-		b.checkpoint(ctx)
-		wal0 := b.walPosition(ctx)
-		hd, err := b.concurrently(ctx, batches, func(ctx context.Context, bt *ingestBatch) error {
-			return b.post(ctx, srv, bt)
+		hd, err := b.phase(ctx, rs, "http", n, func() (time.Duration, error) {
+			return b.concurrently(ctx, batches, func(ctx context.Context, bt *ingestBatch) error {
+				return b.post(ctx, srv, bt)
+			})
 		})
 		if err != nil {
 			return err
 		}
-		rs.add("http", perSecond(n, hd))
-		rs.add("http_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
 		rs.add("body_bytes", float64(bodyBytes)/float64(n))
 		if got, err := b.count(ctx, countOutboxSQL); err != nil {
 			return err
@@ -68,19 +66,17 @@ func (b *bench) ingestStage(ctx context.Context) error {
 			return fmt.Errorf("truncating audit_outbox: %w", err)
 		}
 		batches = b.ingestBatches(false)
-		b.checkpoint(ctx)
-		wal0 = b.walPosition(ctx)
-		cd, err := b.concurrently(ctx, batches, func(ctx context.Context, bt *ingestBatch) error {
-			return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-				_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(bt.rows))
-				return err
+		cd, err := b.phase(ctx, rs, "copy", n, func() (time.Duration, error) {
+			return b.concurrently(ctx, batches, func(ctx context.Context, bt *ingestBatch) error {
+				return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+					_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(bt.rows))
+					return err
+				})
 			})
 		})
 		if err != nil {
 			return fmt.Errorf("raw COPY into audit_outbox: %w", err)
 		}
-		rs.add("copy", perSecond(n, cd))
-		rs.add("copy_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
 		b.progress("ingest run %d/%d: HTTP %.0f/s, raw COPY %.0f/s", run+1, b.cfg.runs, perSecond(n, hd), perSecond(n, cd))
 	}
 	if err := b.resetStore(ctx); err != nil {

@@ -31,28 +31,27 @@ func (b *bench) pipelineStage(ctx context.Context) error {
 		}
 
 		// RecordBatch.
-		b.checkpoint(ctx)
-		wal0 := b.walPosition(ctx)
-		d, err := b.recordBatches(ctx)
+		d, err := b.phase(ctx, rs, "recordbatch", n, func() (time.Duration, error) { return b.recordBatches(ctx) })
 		if err != nil {
 			return err
 		}
-		rs.add("recordbatch", perSecond(n, d))
-		rs.add("recordbatch_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
 
 		// Relay.
-		b.checkpoint(ctx)
-		wal0 = b.walPosition(ctx)
-		rd, half, batches, err := b.relayAll(ctx, false)
+		var (
+			half    time.Duration
+			batches []time.Duration
+		)
+		rd, err := b.phase(ctx, rs, "relay", n, func() (d time.Duration, err error) {
+			d, half, batches, err = b.relayAll(ctx, false)
+			return d, err
+		})
 		if err != nil {
 			return err
 		}
-		rs.add("relay", perSecond(n, rd))
 		// Sustained: the second half of the backlog moves as fast as the
 		// first (a claim slowed by dead outbox rows would show here).
 		rs.add("relay_first_half", perSecond(n/2, half))
 		rs.add("relay_second_half", perSecond(n-n/2, rd-half))
-		rs.add("relay_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
 		rs.add("relay_batch_p50", ms(percentile(batches, 0.5)))
 		rs.add("relay_batch_p99", ms(percentile(batches, 0.99)))
 		if storage, err = b.storage(ctx); err != nil {
@@ -71,23 +70,20 @@ func (b *bench) pipelineStage(ctx context.Context) error {
 		if err := b.resetStore(ctx); err != nil {
 			return err
 		}
-		b.checkpoint(ctx)
-		wal0 = b.walPosition(ctx)
-		cd, err := b.copyBatches(ctx)
+		cd, err := b.phase(ctx, rs, "copy", n, func() (time.Duration, error) { return b.copyBatches(ctx) })
 		if err != nil {
 			return err
 		}
-		rs.add("copy", perSecond(n, cd))
-		rs.add("copy_wal", float64(b.walPosition(ctx)-wal0)/float64(n))
 
 		// The relay without the hash chain, over the rows the raw COPY
 		// left in the outbox: what the chain costs.
-		b.checkpoint(ctx)
-		ud, _, _, err := b.relayAll(ctx, true)
+		ud, err := b.phase(ctx, rs, "relay_unchained", n, func() (time.Duration, error) {
+			d, _, _, err := b.relayAll(ctx, true)
+			return d, err
+		})
 		if err != nil {
 			return err
 		}
-		rs.add("relay_unchained", perSecond(n, ud))
 
 		b.progress("pipeline run %d/%d: RecordBatch %.0f/s, relay %.0f/s, floor %.0f/s, raw COPY %.0f/s, relay without chain %.0f/s",
 			run+1, b.cfg.runs, perSecond(n, d), perSecond(n, rd), perSecond(n, fd), perSecond(n, cd), perSecond(n, ud))
