@@ -10,11 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/robfig/cron/v3"
 
 	"github.com/auditlog/auditlog/app/config"
+	"github.com/auditlog/auditlog/app/schedule"
 
 	"github.com/auditlog/auditlog/outbox/integrity"
 )
@@ -97,28 +97,30 @@ func runIntegrity(ctx context.Context, e *env, args []string) error {
 	}
 }
 
-// startCheckpoints makes signed checkpoints on schedule (cron spec, UTC)
-// until the returned stop is called; stop waits for a run in progress.
-// Without a signing key nothing is scheduled.
-func startCheckpoints(ctx context.Context, cp *integrity.Checkpointer, schedule string, log *slog.Logger) (stop func(), err error) {
+// startCheckpoints makes signed checkpoints on spec (cron, UTC) until the
+// returned stop is called; stop waits for a run in progress and for the
+// scheduler to end. Without a signing key nothing is scheduled.
+func startCheckpoints(ctx context.Context, cp *integrity.Checkpointer, spec string, log *slog.Logger) (stop func(), err error) {
 	if cp.Signer() == nil {
 		log.Warn("integrity: integrity.signing_key_file is not set: no checkpoints are signed or scheduled (README \"Integrity\")")
 		return func() {}, nil
 	}
-	c := cron.New(cron.WithParser(config.ScheduleParser), cron.WithLocation(time.UTC))
+	sched, err := config.ScheduleParser.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("integrity.checkpoint_schedule: %w", err)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if _, err := c.AddFunc(schedule, func() {
+	c, chain, stopped := schedule.New(log, "integrity")
+	c.Schedule(sched, chain.Then(cron.FuncJob(func() {
 		if _, err := cp.Checkpoint(runCtx, "", integrity.KindScheduled, false); err != nil && runCtx.Err() == nil {
 			log.Error("integrity: scheduled checkpoint failed", "error", err)
 		}
-	}); err != nil {
-		cancel()
-		return nil, fmt.Errorf("integrity.checkpoint_schedule: %w", err)
-	}
+	})))
 	c.Start()
-	log.Info("integrity: checkpoints scheduled", "schedule", schedule, "key_id", cp.Signer().KeyID())
+	log.Info("integrity: checkpoints scheduled", "schedule", spec, "key_id", cp.Signer().KeyID())
 	return sync.OnceFunc(func() {
 		<-c.Stop().Done()
+		<-stopped
 		cancel()
 	}), nil
 }

@@ -119,7 +119,7 @@ type Maintainer struct {
 	mu          sync.Mutex // guards the scheduler fields below
 	cron        *cron.Cron
 	cancel      context.CancelFunc
-	cronStopped chan struct{}
+	cronStopped <-chan struct{}
 	runs        sync.WaitGroup
 }
 

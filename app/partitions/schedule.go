@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/robfig/cron/v3"
 
 	"github.com/auditlog/auditlog/app/config"
+	"github.com/auditlog/auditlog/app/schedule"
 )
 
 // Start runs RunOnce now and then on the cron schedule spec (five fields,
@@ -33,19 +32,12 @@ func (m *Maintainer) Start(ctx context.Context, spec string) error {
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)
-	logger := cronLogger{l: m.logger, stopped: make(chan struct{}), once: &sync.Once{}}
-	chain := cron.NewChain(cron.Recover(logger), cron.SkipIfStillRunning(logger))
+	c, chain, cronStopped := schedule.New(m.logger, "partitions")
 	job := chain.Then(cron.FuncJob(func() { m.scheduledRun(runCtx, sched, m.now()) }))
 	first := chain.Then(cron.FuncJob(func() { m.runAndLog(runCtx) }))
-
-	c := cron.New(
-		cron.WithParser(config.ScheduleParser),
-		cron.WithLocation(time.UTC),
-		cron.WithLogger(logger),
-	)
 	c.Schedule(sched, job)
 	c.Start()
-	m.cron, m.cancel, m.cronStopped = c, cancel, logger.stopped
+	m.cron, m.cancel, m.cronStopped = c, cancel, cronStopped
 
 	// First run now rather than an interval from now, so a fresh install
 	// has its partitions before the first event arrives. It runs whatever
@@ -131,25 +123,4 @@ func (m *Maintainer) runAndLog(ctx context.Context) {
 	default:
 		m.logger.ErrorContext(ctx, "partitions: maintenance run failed", "error", err)
 	}
-}
-
-// cronLogger adapts slog to cron.Logger. cron's own chatter (wake, run,
-// schedule) goes to debug. cron's Stop does not wait for its scheduling
-// goroutine, whose last act is to log "stop"; closing stopped then lets
-// Stop return only once nothing of the scheduler is left running.
-type cronLogger struct {
-	l       *slog.Logger
-	stopped chan struct{}
-	once    *sync.Once
-}
-
-func (c cronLogger) Info(msg string, keysAndValues ...any) {
-	c.l.Debug("partitions: cron "+msg, keysAndValues...)
-	if msg == "stop" {
-		c.once.Do(func() { close(c.stopped) })
-	}
-}
-
-func (c cronLogger) Error(err error, msg string, keysAndValues ...any) {
-	c.l.Error("partitions: cron "+msg, append([]any{"error", err}, keysAndValues...)...)
 }
