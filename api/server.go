@@ -222,22 +222,20 @@ func (c *Config) withDefaults() error {
 	if c.Addr == "" {
 		c.Addr = AddrDefault
 	}
-	if c.ReadHeaderTimeout == 0 {
-		c.ReadHeaderTimeout = ReadHeaderTimeoutDefault
-	}
-	if c.ReadTimeout == 0 {
-		c.ReadTimeout = ReadTimeoutDefault
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = IdleTimeoutDefault
-	}
-	for name, d := range map[string]time.Duration{
-		"ReadHeaderTimeout": c.ReadHeaderTimeout,
-		"ReadTimeout":       c.ReadTimeout,
-		"IdleTimeout":       c.IdleTimeout,
+	for _, t := range []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"ReadHeaderTimeout", &c.ReadHeaderTimeout, ReadHeaderTimeoutDefault},
+		{"ReadTimeout", &c.ReadTimeout, ReadTimeoutDefault},
+		{"IdleTimeout", &c.IdleTimeout, IdleTimeoutDefault},
 	} {
-		if d < 0 {
-			return fmt.Errorf("api: %s must be positive, got %s", name, d)
+		if *t.d == 0 {
+			*t.d = t.def
+		}
+		if *t.d < 0 {
+			return fmt.Errorf("api: %s must be positive, got %s", t.name, *t.d)
 		}
 	}
 	return nil

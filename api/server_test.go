@@ -24,6 +24,7 @@ import (
 
 	"github.com/auditlog/auditlog/api/auth"
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/internal/apitest"
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -282,13 +283,7 @@ func TestServer(t *testing.T) {
 
 func TestServerDatabaseUnavailable(t *testing.T) {
 	t.Parallel()
-	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/x?connect_timeout=1&sslmode=disable")
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := apitest.DeadPool(t)
 	b := newBundle(t, pool, Config{})
 
 	// Any well-formed key: the database cannot be asked about it.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/internal/apitest"
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -321,7 +321,7 @@ func TestRevocationAndCache(t *testing.T) {
 func TestDatabaseUnavailable(t *testing.T) {
 	t.Parallel()
 	gin.SetMode(gin.ReleaseMode)
-	pool := deadPool(t)
+	pool := apitest.DeadPool(t)
 	engine := gin.New()
 	authn, err := NewAuthenticator(pool, discardLogger(), Options{})
 	require.NoError(t, err)
@@ -344,17 +344,4 @@ func TestRequireWithoutMiddleware(t *testing.T) {
 	w := httptest.NewRecorder()
 	engine.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
 	require.Equal(t, 401, w.Code)
-}
-
-// deadPool is a pool on a port where nothing listens.
-func deadPool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/x?connect_timeout=2&sslmode=disable")
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	return pool
 }

@@ -70,7 +70,9 @@ func Classify(err error) Kind {
 
 // Abort answers err with the status its Kind implies and stops the chain.
 // what says what was being done, e.g. "recording events"; it is shown only
-// for Unavailable, whose message is safe to tell the client.
+// for Unavailable, whose message is safe to tell the client. Abort does not
+// log err (nor attach it to c for the access log): the caller logs it once,
+// with its own context.
 func Abort(c *gin.Context, err error, what string) {
 	switch Classify(err) {
 	case Unavailable:
@@ -78,7 +80,6 @@ func Abort(c *gin.Context, err error, what string) {
 	case BadInput:
 		httperr.Abort(c, 400, httperr.CodeInvalid, "the database refused a value: "+pgMessage(err), "")
 	default:
-		_ = c.Error(err)
 		httperr.Abort(c, 500, httperr.CodeInternal, "internal error", "")
 	}
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http/httptest"
 	"testing"
+
+	"github.com/gin-gonic/gin"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
@@ -15,7 +18,6 @@ import (
 
 func TestClassify(t *testing.T) {
 	t.Parallel()
-	wrap := func(err error) error { return fmt.Errorf("doing something: %w", err) }
 	for name, tc := range map[string]struct {
 		err  error
 		want Kind
@@ -39,3 +41,32 @@ func TestClassify(t *testing.T) {
 		require.Equal(t, tc.want, Classify(tc.err), name)
 	}
 }
+
+// TestAbort: each Kind gets its status and the contract's error shape, and
+// the error is not attached to the context (the caller logs it, once; the
+// access log would otherwise log it again).
+func TestAbort(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		err    error
+		status int
+		body   string
+	}{
+		"unavailable": {wrap(context.DeadlineExceeded), 503,
+			`{"error":{"code":"unavailable","message":"the database is unavailable while doing x; retry later"}}`},
+		"bad input": {&pgconn.PgError{Code: "22P02", Message: "invalid input syntax"}, 400,
+			`{"error":{"code":"invalid_request","message":"the database refused a value: invalid input syntax"}}`},
+		"internal": {errors.New("secret detail"), 500,
+			`{"error":{"code":"internal","message":"internal error"}}`},
+	} {
+		w := httptest.NewRecorder()
+		c, _ := gin.CreateTestContext(w)
+		Abort(c, tc.err, "doing x")
+		require.Equal(t, tc.status, w.Code, name)
+		require.JSONEq(t, tc.body, w.Body.String(), name)
+		require.True(t, c.IsAborted(), name)
+		require.Empty(t, c.Errors, name)
+	}
+}
+
+func wrap(err error) error { return fmt.Errorf("doing something: %w", err) }

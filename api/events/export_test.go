@@ -72,12 +72,8 @@ func readCSV(t testing.TB, body []byte) [][]string {
 // model; each export is recorded as an audit_log.export event.
 func TestExportMatchesModel(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 7))
-	in, all := genDataset(rng, 600)
-	insertEvents(t, pool, in)
+	rng := rand.New(rand.NewPCG(timeSeed(t), 7))
+	pool, all := datasetDB(t, rng, 600)
 	reg := prometheus.NewRegistry()
 	guarded := newHandlers(t, pool, Config{CSVFormulaGuard: true, Registerer: reg})
 	plain := newHandlers(t, pool, Config{CSVFormulaGuard: false, Registerer: reg}) // shares the counter

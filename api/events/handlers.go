@@ -131,15 +131,12 @@ type request struct {
 	own map[string]string
 }
 
-// parseRequest checks the key, the workspace and the query string. ownParams
-// are the route's parameters besides the filters. It answers the error and
-// returns false when the request cannot proceed.
+// parseRequest reads the key, and checks the workspace and the query string.
+// ownParams are the route's parameters besides the filters. It answers the
+// error and returns false when the request cannot proceed.
 func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
-	key, ok := auth.KeyFrom(c)
-	if !ok {
-		httperr.Abort(c, http.StatusUnauthorized, httperr.CodeUnauthenticated, "an API key is required: Authorization: Bearer <key>", "")
-		return request{}, false
-	}
+	// auth.Require, in front of both routes (Register), guarantees the key.
+	key, _ := auth.KeyFrom(c)
 	// URL.Query would silently drop a malformed pair (e.g. one with a raw
 	// ';'), widening the query; refuse it instead.
 	q, err := url.ParseQuery(c.Request.URL.RawQuery)
@@ -154,7 +151,6 @@ func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
 			return request{}, false
 		}
 	}
-	var f Filters
 	filterVals := url.Values{}
 	own := map[string]string{}
 	for k, vs := range q {
@@ -170,7 +166,7 @@ func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
 			filterVals[k] = vs
 		}
 	}
-	f, err = ParseFilters(filterVals)
+	f, err := ParseFilters(filterVals)
 	if err != nil {
 		var pe *ParamError
 		if errors.As(err, &pe) {

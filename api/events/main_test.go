@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -59,6 +60,25 @@ func newTestDB(t testing.TB) *pgxpool.Pool {
 	pool := testdb.New(t)
 	createPartitions(t, pool, time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC), time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC))
 	return pool
+}
+
+// datasetDB returns a fresh database (newTestDB) holding n random events
+// drawn from rng (genDataset), and the model of those events.
+func datasetDB(t testing.TB, rng *rand.Rand, n int) (*pgxpool.Pool, []wantEvent) {
+	t.Helper()
+	pool := newTestDB(t)
+	in, all := genDataset(rng, n)
+	insertEvents(t, pool, in)
+	return pool, all
+}
+
+// timeSeed returns a seed from the clock and logs it, so a failing random
+// run can be reproduced.
+func timeSeed(t testing.TB) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	return seed
 }
 
 // moveOutboxSQL stands in for the relay: every outbox row except export

@@ -30,9 +30,7 @@ import (
 func TestNDJSONExportIsTheChain(t *testing.T) {
 	t.Parallel()
 	pool := newTestDB(t)
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	in, _ := genDataset(rand.New(rand.NewPCG(seed, 7)), 400)
+	in, _ := genDataset(rand.New(rand.NewPCG(timeSeed(t), 7)), 400)
 	rec, err := outbox.New(outbox.Options{Now: func() time.Time { return testNow }})
 	require.NoError(t, err)
 	ctx := context.Background()

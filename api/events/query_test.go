@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -35,12 +34,8 @@ func getPage(t *testing.T, r http.Handler, q url.Values) Page {
 // and field by field, with the answer computed in Go.
 func TestQueryMatchesModel(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 42))
-	in, all := genDataset(rng, 2000)
-	insertEvents(t, pool, in)
+	rng := rand.New(rand.NewPCG(timeSeed(t), 42))
+	pool, all := datasetDB(t, rng, 2000)
 	h := newHandlers(t, pool, Config{})
 	routers := map[string]http.Handler{"ws_a": testRouter(h, readKey("ws_a")), "ws_b": testRouter(h, readKey("ws_b"))}
 
@@ -92,10 +87,8 @@ func TestQueryMatchesModel(t *testing.T) {
 // and resource ids are the stored bytes, not re-encoded.
 func TestQueryEventShape(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
 	rng := rand.New(rand.NewPCG(1, 2))
-	in, all := genDataset(rng, 200)
-	insertEvents(t, pool, in)
+	pool, all := datasetDB(t, rng, 200)
 	h := newHandlers(t, pool, Config{})
 	w := do(testRouter(h, readKey("ws_a")), "/v1/events", url.Values{"limit": {"1000"}})
 	require.Equal(t, http.StatusOK, w.Code)
@@ -135,10 +128,8 @@ func TestQueryEventShape(t *testing.T) {
 // another, and cannot use another workspace's cursor.
 func TestQueryTenantIsolation(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
 	rng := rand.New(rand.NewPCG(3, 4))
-	in, _ := genDataset(rng, 300)
-	insertEvents(t, pool, in)
+	pool, _ := datasetDB(t, rng, 300)
 	h := newHandlers(t, pool, Config{})
 	ra, rb := testRouter(h, readKey("ws_a")), testRouter(h, readKey("ws_b"))
 
@@ -172,10 +163,8 @@ func TestQueryTenantIsolation(t *testing.T) {
 // may change between pages.
 func TestQueryCursorRefused(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
 	rng := rand.New(rand.NewPCG(5, 6))
-	in, _ := genDataset(rng, 300)
-	insertEvents(t, pool, in)
+	pool, _ := datasetDB(t, rng, 300)
 	h := newHandlers(t, pool, Config{})
 	r := testRouter(h, readKey("ws_a"))
 
@@ -303,10 +292,8 @@ func TestQueryAuth(t *testing.T) {
 // share the signing key, created once.
 func TestCursorKeyShared(t *testing.T) {
 	t.Parallel()
-	pool := newTestDB(t)
 	rng := rand.New(rand.NewPCG(7, 8))
-	in, _ := genDataset(rng, 100)
-	insertEvents(t, pool, in)
+	pool, _ := datasetDB(t, rng, 100)
 	r1 := testRouter(newHandlers(t, pool, Config{}), readKey("ws_a"))
 	r2 := testRouter(newHandlers(t, pool, Config{}), readKey("ws_a"))
 	p := getPage(t, r1, url.Values{"limit": {"5"}})

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/internal/apitest"
 	"github.com/auditlog/auditlog/internal/testdb"
 )
 
@@ -78,13 +78,7 @@ func TestNotReadyWhileMigrationsPending(t *testing.T) {
 
 func TestNotReadyWithoutDatabase(t *testing.T) {
 	t.Parallel()
-	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/x?connect_timeout=1&sslmode=disable")
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := apitest.DeadPool(t)
 
 	get := serve(t, pool)
 	code, _ := get("/healthz")

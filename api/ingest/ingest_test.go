@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -23,6 +22,7 @@ import (
 	"github.com/auditlog/auditlog/api/auth"
 	"github.com/auditlog/auditlog/api/clientip"
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/internal/apitest"
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -521,13 +521,7 @@ func TestIngestBadBodies(t *testing.T) {
 func TestIngestDatabaseUnavailable(t *testing.T) {
 	t.Parallel()
 	gin.SetMode(gin.ReleaseMode)
-	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/x?connect_timeout=2&sslmode=disable")
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
+	pool := apitest.DeadPool(t)
 
 	rec, err := outbox.New(outbox.Options{})
 	require.NoError(t, err)
