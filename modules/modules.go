@@ -18,13 +18,13 @@ package modules
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/auditlog/auditlog/modules/automations"
+	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/modules/members"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/modules/slack"
@@ -60,11 +60,8 @@ type Modules struct {
 
 // New builds every module over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger, cfg Config) (*Modules, error) {
-	if pool == nil {
-		return nil, errors.New("modules: pool is nil")
-	}
-	if logger == nil {
-		return nil, errors.New("modules: logger is nil")
+	if err := web.CheckDeps("modules", pool, logger); err != nil {
+		return nil, err
 	}
 	var m Modules
 	var err error

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/stretchr/testify/require"
@@ -15,8 +16,11 @@ import (
 
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/modules"
+	"github.com/auditlog/auditlog/modules/automations"
 	"github.com/auditlog/auditlog/modules/internal/apptest"
 	"github.com/auditlog/auditlog/modules/session"
+	"github.com/auditlog/auditlog/modules/slack"
+	"github.com/auditlog/auditlog/modules/tickets"
 )
 
 func TestMain(m *testing.M) {
@@ -27,6 +31,35 @@ func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	_, err := modules.New(nil, slog.Default(), modules.Config{})
 	require.ErrorContains(t, err, "pool")
+	_, err = modules.New(testdb.New(t), nil, modules.Config{})
+	require.EqualError(t, err, "modules: logger is nil")
+}
+
+// TestNewChecksOptions: an option out of its range is refused, naming it
+// and its range.
+func TestNewChecksOptions(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for want, cfg := range map[string]modules.Config{
+		"tickets: MaxImport must be 1-100000, got 100001":             {Tickets: tickets.Options{MaxImport: 100001}},
+		"tickets: MaxImportBytes must be 1 KiB-1 GiB, got 1023":       {Tickets: tickets.Options{MaxImportBytes: 1023}},
+		"automations: MaxAttempts must be 1-100, got -1":              {Automations: automations.Options{MaxAttempts: -1}},
+		"automations: MaxDelay must be 1s-1 year, got 8785h0m0s":      {Automations: automations.Options{MaxDelay: 8785 * time.Hour}},
+		"automations: PollInterval must be 1ms-1h, got 1µs":           {Runner: automations.RunnerOptions{PollInterval: time.Microsecond}},
+		"automations: AttemptTimeout must be 1ms-1h, got 2h0m0s":      {Runner: automations.RunnerOptions{AttemptTimeout: 2 * time.Hour}},
+		"automations: BackoffBase must be 1ms-24h, got -1s":           {Runner: automations.RunnerOptions{BackoffBase: -time.Second}},
+		"automations: Lease (1m0s) must exceed AttemptTimeout (1m0s)": {Runner: automations.RunnerOptions{Lease: time.Minute}},
+	} {
+		_, err := modules.New(pool, logger, cfg)
+		require.EqualError(t, err, want)
+	}
+	_, err := slack.New(pool, logger, slack.Options{SigningSecret: "s", MaxBodyBytes: 16<<20 + 1})
+	require.EqualError(t, err, "slack: MaxBodyBytes must be 1 KiB-16 MiB, got 16777217")
+	_, err = slack.New(pool, logger, slack.Options{})
+	require.EqualError(t, err, "slack: SigningSecret is required")
+	_, err = session.New(pool, nil)
+	require.EqualError(t, err, "session: logger is nil")
 }
 
 // TestMountWithoutSlack: every /app route is mounted behind the member
@@ -67,7 +100,7 @@ func TestMountWithoutSlack(t *testing.T) {
 	// Without request middleware, events still record: source web, no IP.
 	env := &apptest.Env{T: t, Pool: pool, Engine: engine, Modules: mods}
 	owner := env.NewMember("ws_acme", "alice@acme.io", "Alice", session.RoleOwner, "")
-	apptest.RequireStatus(t, env.Do(http.MethodPost, "/app/tickets", owner.Token, map[string]any{"subject": "x"}), http.StatusCreated)
+	env.NewTicket(owner.Token, "x")
 	ev := env.OneEvent("ticket.create")
 	require.Equal(t, "web", ev.Source)
 	require.Empty(t, ev.IP)

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/auditlog/auditlog/modules/internal/option"
 	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/outbox"
@@ -70,23 +71,14 @@ type Module struct {
 
 // New returns the automations module over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger, opts Options) (*Module, error) {
-	if pool == nil {
-		return nil, errors.New("automations: pool is nil")
+	if err := web.CheckDeps("automations", pool, logger); err != nil {
+		return nil, err
 	}
-	if logger == nil {
-		return nil, errors.New("automations: logger is nil")
+	if err := option.Bounded(&opts.MaxAttempts, MaxAttemptsDefault, 1, 100, "automations: MaxAttempts", "1-100"); err != nil {
+		return nil, err
 	}
-	if opts.MaxAttempts == 0 {
-		opts.MaxAttempts = MaxAttemptsDefault
-	}
-	if opts.MaxAttempts < 1 || opts.MaxAttempts > 100 {
-		return nil, fmt.Errorf("automations: MaxAttempts must be 1-100, got %d", opts.MaxAttempts)
-	}
-	if opts.MaxDelay == 0 {
-		opts.MaxDelay = MaxDelayDefault
-	}
-	if opts.MaxDelay < time.Second || opts.MaxDelay > 366*24*time.Hour {
-		return nil, fmt.Errorf("automations: MaxDelay must be 1s-1 year, got %s", opts.MaxDelay)
+	if err := option.Bounded(&opts.MaxDelay, MaxDelayDefault, time.Second, 366*24*time.Hour, "automations: MaxDelay", "1s-1 year"); err != nil {
+		return nil, err
 	}
 	return &Module{pool: pool, logger: logger.With(slog.String("module", "automations")), opts: opts}, nil
 }
@@ -105,11 +97,12 @@ const (
 	lockTicketSQL       = `SELECT 1 FROM tickets WHERE workspace_id = $1 AND id = $2 FOR KEY SHARE`
 	insertAutomationSQL = `
 INSERT INTO automations (id, workspace_id, action, ticket_id, created_by, delay_seconds)
-VALUES ($1, $2, $3, $4, $5, $6)`
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING created_at`
 	insertJobSQL = `
 INSERT INTO automation_jobs (automation_id, workspace_id, audit_context, run_at, max_attempts)
 VALUES ($1, $2, $3, now() + $4 * interval '1 second', $5)
-RETURNING run_at`
+RETURNING state, run_at, attempt`
 	selectAutomationSQL = `
 SELECT a.id, a.action, a.ticket_id, a.created_by, a.delay_seconds, a.created_at,
        j.state, j.run_at, j.attempt, j.max_attempts, j.finished_at
@@ -149,9 +142,9 @@ func (m *Module) create(c *gin.Context) {
 		web.Invalid(c, "action", "must be close_ticket")
 		return
 	}
-	ticketID, err := uuid.Parse(req.TicketID)
-	if err != nil || len(req.TicketID) != 36 {
-		web.Invalid(c, "ticket_id", "must be a ticket id (UUID)")
+	ticketID, verr := web.UUID("ticket_id", req.TicketID, "must be a ticket id (UUID)")
+	if verr != nil {
+		web.Abort(c, m.logger, "", verr)
 		return
 	}
 	maxDelay := int64(m.opts.MaxDelay / time.Second)
@@ -173,7 +166,12 @@ func (m *Module) create(c *gin.Context) {
 		web.Fail(c, m.logger, "scheduling an automation", err)
 		return
 	}
-	var runAt time.Time
+	// The answer is built from what the inserts return, as GET would read it.
+	out := automationJSON{
+		ID: id.String(), WorkspaceID: actor.WorkspaceID, Action: req.Action, TicketID: ticketID.String(),
+		CreatedBy: actor.ID.String(), DelaySeconds: int(delay), MaxAttempts: m.opts.MaxAttempts,
+	}
+	var created, runAt time.Time
 	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var one int
 		if err := tx.QueryRow(ctx, lockTicketSQL, actor.WorkspaceID, ticketID).Scan(&one); err != nil {
@@ -182,10 +180,10 @@ func (m *Module) create(c *gin.Context) {
 			}
 			return fmt.Errorf("checking ticket: %w", err)
 		}
-		if _, err := tx.Exec(ctx, insertAutomationSQL, id, actor.WorkspaceID, req.Action, ticketID, actor.ID, delay); err != nil {
+		if err := tx.QueryRow(ctx, insertAutomationSQL, id, actor.WorkspaceID, req.Action, ticketID, actor.ID, delay).Scan(&created); err != nil {
 			return fmt.Errorf("inserting automation: %w", err)
 		}
-		if err := tx.QueryRow(ctx, insertJobSQL, id, actor.WorkspaceID, string(audit), delay, m.opts.MaxAttempts).Scan(&runAt); err != nil {
+		if err := tx.QueryRow(ctx, insertJobSQL, id, actor.WorkspaceID, string(audit), delay, m.opts.MaxAttempts).Scan(&out.State, &runAt, &out.Attempt); err != nil {
 			return fmt.Errorf("inserting automation job: %w", err)
 		}
 		return outbox.Record(ctx, tx, outbox.Event{
@@ -206,11 +204,7 @@ func (m *Module) create(c *gin.Context) {
 		web.Abort(c, m.logger, "scheduling an automation", err)
 		return
 	}
-	out, err := m.load(c, actor.WorkspaceID, id)
-	if err != nil {
-		web.Fail(c, m.logger, "reading the new automation", err)
-		return
-	}
+	out.CreatedAt, out.RunAt = outbox.FormatTime(created), outbox.FormatTime(runAt)
 	c.JSON(http.StatusCreated, out)
 }
 

@@ -35,10 +35,9 @@ func setup(t *testing.T) bundle {
 	t.Helper()
 	env := apptest.New(t)
 	alice := env.NewMember(ws, "alice@acme.io", "Alice Liddell", session.RoleAgent, "")
-	w := env.Do(http.MethodPost, "/app/tickets", alice.Token, map[string]any{"subject": "Printer on fire"})
-	apptest.RequireStatus(t, w, http.StatusCreated)
+	ticket := env.NewTicket(alice.Token, "Printer on fire")
 	env.ResetOutbox()
-	return bundle{env: env, alice: alice, ticket: apptest.JSON(t, w)["id"].(string)}
+	return bundle{env: env, alice: alice, ticket: ticket}
 }
 
 // schedule asks, as Alice, to close the ticket after delay seconds.
@@ -49,13 +48,6 @@ func (b bundle) schedule(t *testing.T, delay int) string {
 		apptest.HeaderRequestID, "req_schedule")
 	apptest.RequireStatus(t, w, http.StatusCreated)
 	return apptest.JSON(t, w)["id"].(string)
-}
-
-func (b bundle) ticketStatus(t *testing.T) string {
-	t.Helper()
-	var s string
-	require.NoError(t, b.env.Pool.QueryRow(context.Background(), `SELECT status FROM tickets WHERE id = $1`, b.ticket).Scan(&s))
-	return s
 }
 
 func (b bundle) jobState(t *testing.T, id string) (state string, attempt int) {
@@ -100,6 +92,15 @@ func runUntil(t *testing.T, r *automations.Runner, cond func() bool, msg string)
 	}, msg)
 }
 
+// runUntilState runs r until job id is in state.
+func (b bundle) runUntilState(t *testing.T, r *automations.Runner, id, state string) {
+	t.Helper()
+	runUntil(t, r, func() bool {
+		s, _ := b.jobState(t, id)
+		return s == state
+	}, "the job "+state)
+}
+
 // requireActsForAlice checks an event recorded by the job: Alice as actor,
 // source workflow, no IP or user agent, the scheduling request's id, and
 // the attempt and automation in details.
@@ -119,7 +120,11 @@ func TestScheduleCommitsAutomationJobAndEvent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 
-	id := b.schedule(t, 3600)
+	w := b.env.Do(http.MethodPost, "/app/automations", b.alice.Token,
+		map[string]any{"action": "close_ticket", "ticket_id": b.ticket, "delay_seconds": 3600})
+	apptest.RequireStatus(t, w, http.StatusCreated)
+	created := apptest.JSON(t, w)
+	id := created["id"].(string)
 	require.Equal(t, 1, b.env.Count(`SELECT count(*) FROM automations WHERE id = $1 AND created_by = $2`, id, b.alice.ID))
 	var auditContext string
 	require.NoError(t, b.env.Pool.QueryRow(context.Background(),
@@ -134,9 +139,16 @@ func TestScheduleCommitsAutomationJobAndEvent(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("automation=%s;ticket=%s", id, b.ticket), ev.ResourceIDsFlat)
 	require.EqualValues(t, 3600, ev.DetailsMap["delay_seconds"])
 
-	w := b.env.Do(http.MethodGet, "/app/automations/"+id, b.alice.Token, nil)
+	w = b.env.Do(http.MethodGet, "/app/automations/"+id, b.alice.Token, nil)
 	apptest.RequireStatus(t, w, http.StatusOK)
-	require.Equal(t, "pending", apptest.JSON(t, w)["state"])
+	got := apptest.JSON(t, w)
+	require.Equal(t, "pending", got["state"])
+	require.Equal(t, got, created, "POST answers the automation as GET reads it")
+	require.Equal(t, map[string]any{
+		"id": id, "workspace_id": ws, "action": "close_ticket", "ticket_id": b.ticket, "created_by": b.alice.ID,
+		"delay_seconds": float64(3600), "created_at": got["created_at"], "state": "pending", "run_at": got["run_at"],
+		"attempt": float64(0), "max_attempts": float64(5), "finished_at": nil,
+	}, got)
 
 	// Not due yet: the runner leaves it alone.
 	n, err := b.runner(t, b.env.Pool, nil).RunDue(context.Background())
@@ -170,7 +182,7 @@ func TestRetriedJobNamesOriginalUser(t *testing.T) {
 	// A long backoff keeps the first runner from retrying at once.
 	first := b.runnerWithBackoff(t, b.env.Pool, time.Hour, failing)
 	runUntil(t, first, func() bool { return b.env.OutboxCount(automations.ActionAttemptFailed) == 1 }, "attempt 1 failed")
-	require.Equal(t, "open", b.ticketStatus(t), "the failed attempt's close rolled back")
+	require.Equal(t, "open", b.env.TicketStatus(b.ticket), "the failed attempt's close rolled back")
 	require.Equal(t, 0, b.env.OutboxCount(tickets.ActionClose), "and so did its event")
 	state, attempt := b.jobState(t, id)
 	require.Equal(t, "pending", state)
@@ -187,12 +199,9 @@ func TestRetriedJobNamesOriginalUser(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	second := b.runner(t, pool, failing)
-	runUntil(t, second, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "succeeded"
-	}, "the job succeeded")
+	b.runUntilState(t, second, id, "succeeded")
 
-	require.Equal(t, "closed", b.ticketStatus(t))
+	require.Equal(t, "closed", b.env.TicketStatus(b.ticket))
 	fails := b.env.Events(automations.ActionAttemptFailed)
 	require.Len(t, fails, 2)
 	for i, ev := range fails {
@@ -218,12 +227,9 @@ func TestJobFailsForGoodAfterMaxAttempts(t *testing.T) {
 	require.NoError(t, err)
 
 	r := b.runner(t, b.env.Pool, func(automations.Job) bool { return true })
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "failed"
-	}, "the job failed")
+	b.runUntilState(t, r, id, "failed")
 
-	require.Equal(t, "open", b.ticketStatus(t))
+	require.Equal(t, "open", b.env.TicketStatus(b.ticket))
 	require.Equal(t, 0, b.env.OutboxCount(tickets.ActionClose))
 	requireActsForAlice(t, b, b.env.OneEvent(automations.ActionAttemptFailed), id, 1)
 	final := b.env.OneEvent(automations.ActionFailed)
@@ -254,10 +260,7 @@ UPDATE automation_jobs SET state = 'running', attempt = attempt + 1, locked_unti
 	// The lease runs out.
 	_, err = b.env.Pool.Exec(context.Background(), `UPDATE automation_jobs SET locked_until = now()`)
 	require.NoError(t, err)
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "succeeded"
-	}, "the lost job succeeded")
+	b.runUntilState(t, r, id, "succeeded")
 	requireActsForAlice(t, b, b.env.OneEvent(tickets.ActionClose), id, 2)
 }
 
@@ -269,11 +272,8 @@ func TestJobOfRemovedMemberFails(t *testing.T) {
 	require.NoError(t, err)
 
 	r := b.runner(t, b.env.Pool, nil)
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "failed"
-	}, "the job failed")
-	require.Equal(t, "open", b.ticketStatus(t))
+	b.runUntilState(t, r, id, "failed")
+	require.Equal(t, "open", b.env.TicketStatus(b.ticket))
 	ev := b.env.OneEvent(automations.ActionFailed)
 	requireActsForAlice(t, b, ev, id, 1)
 	require.Equal(t, "the member who scheduled it is no longer a member", ev.DetailsMap["reason"])
@@ -286,10 +286,7 @@ func TestAlreadyClosedTicketIsSkipped(t *testing.T) {
 	apptest.RequireStatus(t, b.env.Do(http.MethodPost, "/app/tickets/"+b.ticket+"/close", b.alice.Token, nil), http.StatusOK)
 
 	r := b.runner(t, b.env.Pool, nil)
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "succeeded"
-	}, "the job succeeded")
+	b.runUntilState(t, r, id, "succeeded")
 	requireActsForAlice(t, b, b.env.OneEvent(automations.ActionSkipped), id, 1)
 	require.Equal(t, 1, b.env.OutboxCount(tickets.ActionClose), "only the member's own close")
 }
@@ -375,10 +372,7 @@ func TestTimedOutAttemptIsRetried(t *testing.T) {
 		},
 	})
 	require.NoError(t, err)
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "succeeded"
-	}, "the job succeeded")
+	b.runUntilState(t, r, id, "succeeded")
 	requireActsForAlice(t, b, b.env.OneEvent(automations.ActionAttemptFailed), id, 1)
 	requireActsForAlice(t, b, b.env.OneEvent(tickets.ActionClose), id, 2)
 }
@@ -394,11 +388,8 @@ UPDATE automation_jobs SET max_attempts = 1, state = 'running', attempt = 1, loc
 	require.NoError(t, err)
 
 	r := b.runner(t, b.env.Pool, nil)
-	runUntil(t, r, func() bool {
-		s, _ := b.jobState(t, id)
-		return s == "failed"
-	}, "the job failed")
-	require.Equal(t, "open", b.ticketStatus(t))
+	b.runUntilState(t, r, id, "failed")
+	require.Equal(t, "open", b.env.TicketStatus(b.ticket))
 	ev := b.env.OneEvent(automations.ActionFailed)
 	requireActsForAlice(t, b, ev, id, 1)
 	require.Contains(t, ev.DetailsMap["reason"], "lost")

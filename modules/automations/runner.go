@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/auditlog/auditlog/modules/internal/option"
+	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/modules/tickets"
 	"github.com/auditlog/auditlog/outbox"
@@ -51,31 +53,25 @@ const (
 )
 
 func (o RunnerOptions) withDefaults() (RunnerOptions, error) {
-	if o.PollInterval == 0 {
-		o.PollInterval = PollIntervalDefault
+	if err := option.Bounded(&o.PollInterval, PollIntervalDefault, time.Millisecond, time.Hour, "automations: PollInterval", "1ms-1h"); err != nil {
+		return o, err
 	}
-	if o.AttemptTimeout == 0 {
-		o.AttemptTimeout = AttemptTimeoutDefault
+	if err := option.Bounded(&o.AttemptTimeout, AttemptTimeoutDefault, time.Millisecond, time.Hour, "automations: AttemptTimeout", "1ms-1h"); err != nil {
+		return o, err
 	}
 	if o.Lease == 0 {
 		o.Lease = LeaseDefault
 	}
-	if o.BackoffBase == 0 {
-		o.BackoffBase = BackoffBaseDefault
+	if o.Lease <= o.AttemptTimeout {
+		return o, fmt.Errorf("automations: Lease (%s) must exceed AttemptTimeout (%s)", o.Lease, o.AttemptTimeout)
+	}
+	if err := option.Bounded(&o.BackoffBase, BackoffBaseDefault, time.Millisecond, 24*time.Hour, "automations: BackoffBase", "1ms-24h"); err != nil {
+		return o, err
 	}
 	if o.BackoffMax == 0 {
 		o.BackoffMax = BackoffMaxDefault
 	}
-	switch {
-	case o.PollInterval < time.Millisecond || o.PollInterval > time.Hour:
-		return o, fmt.Errorf("automations: PollInterval must be 1ms-1h, got %s", o.PollInterval)
-	case o.AttemptTimeout < time.Millisecond || o.AttemptTimeout > time.Hour:
-		return o, fmt.Errorf("automations: AttemptTimeout must be 1ms-1h, got %s", o.AttemptTimeout)
-	case o.Lease <= o.AttemptTimeout:
-		return o, fmt.Errorf("automations: Lease (%s) must exceed AttemptTimeout (%s)", o.Lease, o.AttemptTimeout)
-	case o.BackoffBase < time.Millisecond || o.BackoffBase > 24*time.Hour:
-		return o, fmt.Errorf("automations: BackoffBase must be 1ms-24h, got %s", o.BackoffBase)
-	case o.BackoffMax < o.BackoffBase:
+	if o.BackoffMax < o.BackoffBase {
 		return o, fmt.Errorf("automations: BackoffMax (%s) must be at least BackoffBase (%s)", o.BackoffMax, o.BackoffBase)
 	}
 	return o, nil
@@ -151,11 +147,8 @@ type Runner struct {
 
 // NewRunner returns a stopped Runner over pool.
 func NewRunner(pool *pgxpool.Pool, logger *slog.Logger, opts RunnerOptions) (*Runner, error) {
-	if pool == nil {
-		return nil, errors.New("automations: pool is nil")
-	}
-	if logger == nil {
-		return nil, errors.New("automations: logger is nil")
+	if err := web.CheckDeps("automations", pool, logger); err != nil {
+		return nil, err
 	}
 	opts, err := opts.withDefaults()
 	if err != nil {

@@ -10,7 +10,6 @@ package members
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -71,11 +70,8 @@ type Module struct {
 
 // New returns the members module over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger) (*Module, error) {
-	if pool == nil {
-		return nil, errors.New("members: pool is nil")
-	}
-	if logger == nil {
-		return nil, errors.New("members: logger is nil")
+	if err := web.CheckDeps("members", pool, logger); err != nil {
+		return nil, err
 	}
 	return &Module{pool: pool, logger: logger.With(slog.String("module", "members"))}, nil
 }

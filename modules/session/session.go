@@ -28,6 +28,7 @@ import (
 
 	"github.com/auditlog/auditlog/api/dberr"
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/outbox"
 )
 
@@ -157,11 +158,8 @@ type Auth struct {
 
 // New returns the session authenticator over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger) (*Auth, error) {
-	if pool == nil {
-		return nil, errors.New("session: pool is nil")
-	}
-	if logger == nil {
-		return nil, errors.New("session: logger is nil")
+	if err := web.CheckDeps("session", pool, logger); err != nil {
+		return nil, err
 	}
 	return &Auth{pool: pool, logger: logger}, nil
 }

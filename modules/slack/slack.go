@@ -16,7 +16,6 @@ package slack
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"mime"
@@ -26,11 +25,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/modules/internal/option"
 	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/modules/tickets"
@@ -67,20 +66,14 @@ type Module struct {
 
 // New returns the Slack module over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger, opts Options) (*Module, error) {
-	if pool == nil {
-		return nil, errors.New("slack: pool is nil")
-	}
-	if logger == nil {
-		return nil, errors.New("slack: logger is nil")
+	if err := web.CheckDeps("slack", pool, logger); err != nil {
+		return nil, err
 	}
 	if opts.SigningSecret == "" {
 		return nil, errors.New("slack: SigningSecret is required")
 	}
-	if opts.MaxBodyBytes == 0 {
-		opts.MaxBodyBytes = MaxBodyBytesDefault
-	}
-	if opts.MaxBodyBytes < 1024 || opts.MaxBodyBytes > 16<<20 {
-		return nil, fmt.Errorf("slack: MaxBodyBytes must be 1 KiB-16 MiB, got %d", opts.MaxBodyBytes)
+	if err := option.Bounded(&opts.MaxBodyBytes, MaxBodyBytesDefault, 1024, 16<<20, "slack: MaxBodyBytes", "1 KiB-16 MiB"); err != nil {
+		return nil, err
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -170,9 +163,9 @@ func (m *Module) interactions(c *gin.Context) {
 		web.Invalid(c, "payload.actions[0].action_id", "unknown action; supported: close_ticket")
 		return
 	}
-	ticketID, err := uuid.Parse(act.Value)
-	if err != nil || len(act.Value) != 36 {
-		web.Invalid(c, "payload.actions[0].value", "must be a ticket id (UUID)")
+	ticketID, verr := web.UUID("payload.actions[0].value", act.Value, "must be a ticket id (UUID)")
+	if verr != nil {
+		web.Abort(c, m.logger, "", verr)
 		return
 	}
 

@@ -1,7 +1,6 @@
 package slack_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -38,10 +37,9 @@ func setup(t *testing.T) bundle {
 	t.Helper()
 	env := apptest.New(t)
 	bob := env.NewMember(ws, "bob@acme.io", "Bob", session.RoleAgent, "U0BOB")
-	w := env.Do(http.MethodPost, "/app/tickets", bob.Token, map[string]any{"subject": "Printer on fire"})
-	apptest.RequireStatus(t, w, http.StatusCreated)
+	ticket := env.NewTicket(bob.Token, "Printer on fire")
 	env.ResetOutbox()
-	return bundle{env: env, bob: bob, ticket: apptest.JSON(t, w)["id"].(string)}
+	return bundle{env: env, bob: bob, ticket: ticket}
 }
 
 // interaction is a form body as Slack sends for a button click.
@@ -72,16 +70,9 @@ func (b bundle) post(body []byte, secret string, ts time.Time) *httptest.Respons
 	return w
 }
 
-func (b bundle) ticketStatus(t *testing.T) string {
-	t.Helper()
-	var s string
-	require.NoError(t, b.env.Pool.QueryRow(context.Background(), `SELECT status FROM tickets WHERE id = $1`, b.ticket).Scan(&s))
-	return s
-}
-
 func (b bundle) requireNothingStored(t *testing.T) {
 	t.Helper()
-	require.Equal(t, "open", b.ticketStatus(t))
+	require.Equal(t, "open", b.env.TicketStatus(b.ticket))
 	require.Equal(t, 0, b.env.Count(`SELECT count(*) FROM audit_outbox`))
 }
 
@@ -92,7 +83,7 @@ func TestCloseFromSlackRecordsSlackSourceAndNoIP(t *testing.T) {
 	w := b.post(interaction(t, "U0BOB", slack.ActionCloseTicket, b.ticket), apptest.SlackSecret, time.Now())
 	apptest.RequireStatus(t, w, http.StatusOK)
 	require.Equal(t, true, apptest.JSON(t, w)["changed"])
-	require.Equal(t, "closed", b.ticketStatus(t))
+	require.Equal(t, "closed", b.env.TicketStatus(b.ticket))
 
 	ev := b.env.OneEvent(tickets.ActionClose)
 	require.Equal(t, b.bob.Actor(), ev.Actor, "the Slack user's member acted")
@@ -161,10 +152,9 @@ func TestRefusedSlackRequestsStoreNothing(t *testing.T) {
 
 	// A ticket of another workspace is not found for this member.
 	eve := b.env.NewMember("ws_other", "eve@other.io", "Eve", session.RoleOwner, "")
-	wt := b.env.Do(http.MethodPost, "/app/tickets", eve.Token, map[string]any{"subject": "Theirs"})
-	apptest.RequireStatus(t, wt, http.StatusCreated)
+	theirs := b.env.NewTicket(eve.Token, "Theirs")
 	b.env.ResetOutbox()
-	apptest.RequireError(t, b.post(interaction(t, "U0BOB", slack.ActionCloseTicket, apptest.JSON(t, wt)["id"].(string)),
+	apptest.RequireError(t, b.post(interaction(t, "U0BOB", slack.ActionCloseTicket, theirs),
 		apptest.SlackSecret, time.Now()), http.StatusNotFound, "")
 
 	// Wrong content type: 415.

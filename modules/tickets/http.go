@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/auditlog/auditlog/modules/internal/option"
 	"github.com/auditlog/auditlog/modules/internal/web"
 	"github.com/auditlog/auditlog/modules/session"
 	"github.com/auditlog/auditlog/outbox"
@@ -45,23 +46,14 @@ type Module struct {
 
 // New returns the tickets module over pool.
 func New(pool *pgxpool.Pool, logger *slog.Logger, opts Options) (*Module, error) {
-	if pool == nil {
-		return nil, errors.New("tickets: pool is nil")
+	if err := web.CheckDeps("tickets", pool, logger); err != nil {
+		return nil, err
 	}
-	if logger == nil {
-		return nil, errors.New("tickets: logger is nil")
+	if err := option.Bounded(&opts.MaxImport, MaxImportDefault, 1, 100000, "tickets: MaxImport", "1-100000"); err != nil {
+		return nil, err
 	}
-	if opts.MaxImport == 0 {
-		opts.MaxImport = MaxImportDefault
-	}
-	if opts.MaxImport < 1 || opts.MaxImport > 100000 {
-		return nil, fmt.Errorf("tickets: MaxImport must be 1-100000, got %d", opts.MaxImport)
-	}
-	if opts.MaxImportBytes == 0 {
-		opts.MaxImportBytes = MaxImportBytesDefault
-	}
-	if opts.MaxImportBytes < 1024 || opts.MaxImportBytes > 1<<30 {
-		return nil, fmt.Errorf("tickets: MaxImportBytes must be 1 KiB-1 GiB, got %d", opts.MaxImportBytes)
+	if err := option.Bounded(&opts.MaxImportBytes, MaxImportBytesDefault, 1024, 1<<30, "tickets: MaxImportBytes", "1 KiB-1 GiB"); err != nil {
+		return nil, err
 	}
 	return &Module{pool: pool, logger: logger.With(slog.String("module", "tickets")), opts: opts}, nil
 }
@@ -110,13 +102,8 @@ func checkSubject(field, s string) (string, *web.Error) {
 	return s, web.Text(field, s, maxSubjectLen)
 }
 
-func parseAssignee(s string) (uuid.UUID, *web.Error) {
-	id, err := uuid.Parse(s)
-	if err != nil || len(s) != 36 {
-		return uuid.UUID{}, web.InvalidError("assignee_id", "must be a member id (UUID) or null")
-	}
-	return id, nil
-}
+// badAssignee is the refusal of an assignee_id that is not a UUID or null.
+const badAssignee = "must be a member id (UUID) or null"
 
 func (m *Module) create(c *gin.Context) {
 	actor, _ := session.MemberFrom(c)
@@ -141,7 +128,7 @@ func (m *Module) create(c *gin.Context) {
 	}
 	var assignee *uuid.UUID
 	if req.AssigneeID != nil {
-		id, verr := parseAssignee(*req.AssigneeID)
+		id, verr := web.UUID("assignee_id", *req.AssigneeID, badAssignee)
 		if verr != nil {
 			web.Abort(c, m.logger, "", verr)
 			return
@@ -250,10 +237,10 @@ func (m *Module) update(c *gin.Context) {
 	if setAssignee && !bytes.Equal(bytes.TrimSpace(req.AssigneeID), []byte("null")) {
 		var s string
 		if err := json.Unmarshal(req.AssigneeID, &s); err != nil {
-			web.Invalid(c, "assignee_id", "must be a member id (UUID) or null")
+			web.Invalid(c, "assignee_id", badAssignee)
 			return
 		}
-		a, verr := parseAssignee(s)
+		a, verr := web.UUID("assignee_id", s, badAssignee)
 		if verr != nil {
 			web.Abort(c, m.logger, "", verr)
 			return

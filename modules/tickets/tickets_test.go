@@ -39,13 +39,6 @@ func setup(t *testing.T) bundle {
 	return b
 }
 
-func (b bundle) createTicket(t *testing.T, subject string) string {
-	t.Helper()
-	w := b.env.Do(http.MethodPost, "/app/tickets", b.agent.Token, map[string]any{"subject": subject})
-	apptest.RequireStatus(t, w, http.StatusCreated)
-	return apptest.JSON(t, w)["id"].(string)
-}
-
 func (b bundle) ticketCount() int {
 	return b.env.Count(`SELECT count(*) FROM tickets WHERE workspace_id = $1`, ws)
 }
@@ -86,7 +79,7 @@ func TestCreateRollsBackWhenEventFails(t *testing.T) {
 func TestUpdateCommitsWithChanges(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	id := b.createTicket(t, "Printer on fire")
+	id := b.env.NewTicket(b.agent.Token, "Printer on fire")
 
 	w := b.env.Do(http.MethodPatch, "/app/tickets/"+id, b.agent.Token,
 		map[string]any{"status": "closed", "subject": "Printer on fire", "assignee_id": b.agent.ID})
@@ -110,7 +103,7 @@ func TestUpdateCommitsWithChanges(t *testing.T) {
 func TestUpdateRollsBackWhenEventFails(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	id := b.createTicket(t, "Printer on fire")
+	id := b.env.NewTicket(b.agent.Token, "Printer on fire")
 	b.env.FailOutbox(tickets.ActionUpdate)
 
 	w := b.env.Do(http.MethodPatch, "/app/tickets/"+id, b.agent.Token, map[string]any{"status": "pending"})
@@ -122,7 +115,7 @@ func TestUpdateRollsBackWhenEventFails(t *testing.T) {
 func TestCloseCommitsWithEvent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	id := b.createTicket(t, "Printer on fire")
+	id := b.env.NewTicket(b.agent.Token, "Printer on fire")
 
 	w := b.env.Do(http.MethodPost, "/app/tickets/"+id+"/close", b.agent.Token, nil)
 	apptest.RequireStatus(t, w, http.StatusOK)
@@ -143,7 +136,7 @@ func TestCloseCommitsWithEvent(t *testing.T) {
 func TestCloseRollsBackWhenEventFails(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	id := b.createTicket(t, "Printer on fire")
+	id := b.env.NewTicket(b.agent.Token, "Printer on fire")
 	b.env.FailOutbox(tickets.ActionClose)
 
 	w := b.env.Do(http.MethodPost, "/app/tickets/"+id+"/close", b.agent.Token, nil)
@@ -257,7 +250,7 @@ func TestImportLimits(t *testing.T) {
 func TestBadInputAndIsolation(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	id := b.createTicket(t, "Printer on fire")
+	id := b.env.NewTicket(b.agent.Token, "Printer on fire")
 	eve := b.env.NewMember("ws_other", "eve@other.io", "Eve", session.RoleOwner, "")
 	viewer := b.env.NewMember(ws, "vic@acme.io", "Vic", session.RoleViewer, "")
 	b.env.ResetOutbox()

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -105,6 +106,23 @@ func (e *Env) NewMember(ws, email, name string, role session.Role, slackUserID s
 	inv, err := members.Invite(ctx, e.Pool, ws, members.NewMember{Email: email, Name: name, Role: role, SlackUserID: slackUserID})
 	require.NoError(e.T, err)
 	return Member{ID: inv.Member.ID, WorkspaceID: ws, Email: inv.Member.Email, Name: inv.Member.Name, Role: role, Token: inv.Token}
+}
+
+// NewTicket creates an open ticket with subject through POST /app/tickets
+// as the member whose token is given and returns its id.
+func (e *Env) NewTicket(token, subject string) string {
+	e.T.Helper()
+	w := e.Do(http.MethodPost, "/app/tickets", token, map[string]any{"subject": subject})
+	RequireStatus(e.T, w, http.StatusCreated)
+	return JSON(e.T, w)["id"].(string)
+}
+
+// TicketStatus reads the stored status of ticket id.
+func (e *Env) TicketStatus(id string) string {
+	e.T.Helper()
+	var s string
+	require.NoError(e.T, e.Pool.QueryRow(context.Background(), `SELECT status FROM tickets WHERE id = $1`, id).Scan(&s))
+	return s
 }
 
 // Do sends a request to the engine: body is JSON-encoded unless it is a

@@ -1,6 +1,7 @@
-// Package web holds the small HTTP helpers the helpdesk modules share:
-// strict JSON request decoding and the API's error shape (api/httperr) for
-// the cases every handler meets.
+// Package web holds the small helpers the helpdesk modules share: strict
+// JSON request decoding, UUID parsing, the API's error shape (api/httperr)
+// for the cases every handler meets, and the dependency check of every
+// module's constructor.
 package web
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/auditlog/auditlog/api/dberr"
 	"github.com/auditlog/auditlog/api/httperr"
@@ -100,12 +102,35 @@ func Fail(c *gin.Context, logger *slog.Logger, what string, err error) {
 // ParseID reads the path parameter name as a UUID, answering 400 when it is
 // not one.
 func ParseID(c *gin.Context, name string) (uuid.UUID, bool) {
-	id, err := uuid.Parse(c.Param(name))
-	if err != nil || len(c.Param(name)) != 36 {
-		Invalid(c, name, "must be a UUID")
+	id, verr := UUID(name, c.Param(name), "must be a UUID")
+	if verr != nil {
+		Invalid(c, verr.Field, verr.Message)
 		return uuid.UUID{}, false
 	}
 	return id, true
+}
+
+// UUID parses s as a UUID in its canonical 36-character form
+// (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, either case); anything else is a
+// 400 Error naming field with message.
+func UUID(field, s, message string) (uuid.UUID, *Error) {
+	id, err := uuid.Parse(s)
+	if err != nil || len(s) != 36 {
+		return uuid.UUID{}, InvalidError(field, message)
+	}
+	return id, nil
+}
+
+// CheckDeps is the check every module's constructor makes: pool and logger
+// must be set. Errors start with name ("tickets: pool is nil").
+func CheckDeps(name string, pool *pgxpool.Pool, logger *slog.Logger) error {
+	if pool == nil {
+		return errors.New(name + ": pool is nil")
+	}
+	if logger == nil {
+		return errors.New(name + ": logger is nil")
+	}
+	return nil
 }
 
 // UniqueViolation returns the constraint name when err is a unique
