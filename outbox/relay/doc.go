@@ -33,12 +33,15 @@
 //  2. take the audit_seq row lock and read the last seq (SELECT ... FOR
 //     UPDATE), so what follows sees every earlier move, then read the chain
 //     heads of the batch's workspaces;
-//  3. in Go, number the rows (seq = last seq + 1, 2, ... in pos order) and
-//     link each onto its workspace's hash chain: hash = SHA-256(prev_hash ||
-//     canonical bytes), package integrity;
+//  3. copy the rows into audit_events (COPY ... FROM STDIN, binary), each
+//     numbered (seq = last seq + 1, 2, ... in pos order) and linked onto
+//     its workspace's hash chain as pgx encodes it: hash = SHA-256(prev_hash
+//     || canonical bytes), package integrity. pgx encodes in a goroutine of
+//     its own while the server stores the rows already sent, so the hashing
+//     overlaps the insert, and COPY inserts into each partition many rows at
+//     a time (PERFORMANCE.md, run H);
 //  4. in one statement: advance the counter by n, delete the claimed rows
-//     from the outbox, insert them into audit_events with the seq and links
-//     passed as arrays, and write the new chain heads;
+//     from the outbox and write the new chain heads;
 //  5. commit.
 //
 // The counter row stays locked until commit, so the next move (by any relay)
@@ -48,9 +51,9 @@
 // An event already stored (same workspace, occurred_at and id) is consumed
 // and stored once, outside the chain; its reserved seq is left unused (gaps
 // are allowed). Looking for such resends costs an index probe of every
-// partition per row, and they are rare, so the insert lets ON CONFLICT DO
-// NOTHING notice one: when fewer rows were stored than chained, the move is
-// rolled back and done again with the resends looked up first and left out.
+// partition per row, and they are rare, so the copy lets the primary key
+// notice one: on a unique violation the move is rolled back and done again
+// with the resends looked up first and left out.
 //
 // # Rows that cannot be stored
 //

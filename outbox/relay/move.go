@@ -12,38 +12,18 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// claimHeadSQL claims the oldest $1 outbox rows no other transaction holds
-// and returns their positions as one array, in order. Rows of uncommitted
-// business transactions are invisible, rows claimed by another relay are
-// skipped, so relays never wait for each other here. Used without the chain
-// (Config.WithoutChain); claimHeadRowsSQL otherwise.
-const claimHeadSQL = `
-SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
-FROM (
-    SELECT pos FROM audit_outbox
-    ORDER BY pos
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-) claimed`
-
-// claimPositionsSQL claims the outbox rows at positions $1 that still exist
-// and no other transaction holds; used when a failed batch is split.
-const claimPositionsSQL = `
-SELECT coalesce(array_agg(pos ORDER BY pos), '{}')
-FROM (
-    SELECT pos FROM audit_outbox
-    WHERE pos = ANY($1::bigint[])
-    FOR UPDATE SKIP LOCKED
-) claimed`
-
-// claimedColumns are what the relay reads of each claimed row to extend the
-// hash chain: pos, then integrity.EventFields in the order claimRows reads
-// them. The address comes as host() prints it, as the API shows it.
+// claimedColumns are what the relay reads of each claimed row: pos, the
+// columns it copies into audit_events (eventColumns less seq and the
+// links), and the address once more as host() prints it, as the API shows
+// it, for the canonical bytes.
 const claimedColumns = `pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
-       actor_id, actor_email, actor_name, resource_type, resource_ids, source,
-       host(ip), user_agent, request_id, details`
+       actor_id, actor_email, actor_name, resource_type, resource_ids,
+       resource_ids_flat, source, ip, user_agent, request_id, details, host(ip)`
 
-// claimHeadRowsSQL is claimHeadSQL returning the claimed rows, in pos order.
+// claimHeadRowsSQL claims the oldest $1 outbox rows no other transaction
+// holds and returns them in pos order. Rows of uncommitted business
+// transactions are invisible, rows claimed by another relay are skipped, so
+// relays never wait for each other here.
 const claimHeadRowsSQL = `
 SELECT ` + claimedColumns + `
 FROM audit_outbox
@@ -51,7 +31,8 @@ ORDER BY pos
 LIMIT $1
 FOR UPDATE SKIP LOCKED`
 
-// claimPositionsRowsSQL is claimPositionsSQL returning the claimed rows.
+// claimPositionsRowsSQL claims the outbox rows at positions $1 that still
+// exist and no other transaction holds; used when a failed batch is split.
 const claimPositionsRowsSQL = `
 SELECT ` + claimedColumns + `
 FROM audit_outbox
@@ -82,80 +63,36 @@ WHERE o.pos = ANY($1::bigint[])
     SELECT 1 FROM audit_events e
     WHERE e.workspace_id = o.workspace_id AND e.occurred_at = o.occurred_at AND e.id = o.id)`
 
-// moveHeadSQL starts both move statements: advance the seq counter by the
-// number of claimed rows and delete them from the outbox.
-const moveHeadSQL = `
+// eventColumns are the audit_events columns the relay copies, in the order
+// of chained.Values.
+var eventColumns = []string{
+	"seq", "id", "workspace_id", "occurred_at", "recorded_at", "action", "actor_type",
+	"actor_id", "actor_email", "actor_name", "resource_type", "resource_ids",
+	"resource_ids_flat", "source", "ip", "user_agent", "request_id", "details",
+	"prev_hash", "hash",
+}
+
+// finishMoveSQL completes a move once its events are copied into
+// audit_events: it advances audit_seq by cardinality($1), which lockSeqSQL
+// has locked, so seq is strictly increasing in commit order; deletes the
+// claimed outbox rows $1; and writes the new chain heads ($2 workspaces, $3
+// seq, $4 hash). Returns the rows deleted and the last reserved seq. A
+// claimed row that was not copied (a resend) leaves the outbox and its seq
+// value stays unused.
+const finishMoveSQL = `
 WITH counter AS (
     UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
     RETURNING last_seq
 ), moved AS (
     DELETE FROM audit_outbox
     WHERE pos = ANY($1::bigint[])
-    RETURNING *
-)`
-
-// moveSQL moves the outbox rows at positions $1, which this transaction has
-// claimed, into audit_events, storing the rows listed in $2 with the seq,
-// prev_hash and hash the relay computed for them ($3, $4, $5). It advances
-// audit_seq by cardinality($1), which lockSeqSQL has locked, so seq is
-// strictly increasing in commit order. The new chain heads, taken from what
-// was stored, are written back. Returns the number of events stored, the
-// rows deleted from the outbox and the last reserved seq.
-//
-// A claimed row not in $2 (a resend found by storedAlreadySQL) leaves the
-// outbox and its seq value stays unused. ON CONFLICT DO NOTHING catches a
-// resend the relay did not look for (see moveTx); the caller then finds
-// fewer rows stored than it chained and moves the batch again.
-const moveSQL = moveHeadSQL + `, chain AS (
-    SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[]) AS c(pos, seq, prev_hash, hash)
-), stored AS (
-    INSERT INTO audit_events (
-        seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
-        actor_id, actor_email, actor_name, resource_type, resource_ids,
-        resource_ids_flat, source, ip, user_agent, request_id, details,
-        prev_hash, hash
-    )
-    SELECT c.seq, m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
-           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
-           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details,
-           c.prev_hash, c.hash
-    FROM moved m
-    JOIN chain c ON c.pos = m.pos
-    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
-    RETURNING workspace_id, seq, hash
+    RETURNING pos
 ), heads AS (
     INSERT INTO audit_chain_heads (workspace_id, seq, hash)
-    SELECT DISTINCT ON (s.workspace_id) s.workspace_id, s.seq, s.hash
-    FROM stored s
-    ORDER BY s.workspace_id, s.seq DESC
+    SELECT * FROM unnest($2::text[], $3::bigint[], $4::bytea[])
     ON CONFLICT (workspace_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash
 )
-SELECT (SELECT count(*) FROM stored),
-       (SELECT count(*) FROM moved),
-       (SELECT last_seq FROM counter)`
-
-// moveUnchainedSQL stores without the chain: Config.WithoutChain, for
-// measuring the chain's cost only. It is the relay's statement before the
-// chain existed: seq by row_number over pos, resends skipped by ON
-// CONFLICT. The counter is read through a scalar subquery, not a join: the
-// planner knows nothing of audit_seq's one row, and a join estimated at
-// thousands of rows per event pushed the plan's cost past jit_above_cost.
-const moveUnchainedSQL = moveHeadSQL + `, stored AS (
-    INSERT INTO audit_events (
-        seq, id, workspace_id, occurred_at, recorded_at, action, actor_type,
-        actor_id, actor_email, actor_name, resource_type, resource_ids,
-        resource_ids_flat, source, ip, user_agent, request_id, details
-    )
-    SELECT (SELECT last_seq FROM counter) - cardinality($1::bigint[]) + row_number() OVER (ORDER BY m.pos),
-           m.id, m.workspace_id, m.occurred_at, m.recorded_at, m.action, m.actor_type,
-           m.actor_id, m.actor_email, m.actor_name, m.resource_type, m.resource_ids,
-           m.resource_ids_flat, m.source, m.ip, m.user_agent, m.request_id, m.details
-    FROM moved m
-    ON CONFLICT (workspace_id, occurred_at, id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM stored),
-       (SELECT count(*) FROM moved),
+SELECT (SELECT count(*) FROM moved),
        (SELECT last_seq FROM counter)`
 
 // occurredAtSQL reads the occurred_at of the outbox row at pos $1.
@@ -347,14 +284,15 @@ func (r *Relay) moveTx(ctx context.Context, positions []int64) (res moveResult, 
 	return res, err
 }
 
-// errDuplicateInBatch reports that the move stored fewer rows than were
-// chained, so the chain is wrong; the move was rolled back.
+// errDuplicateInBatch reports that the batch holds an event already stored
+// or repeated, found as a unique violation while copying; the move was
+// rolled back.
 var errDuplicateInBatch = errors.New("relay: the batch holds an event already stored")
 
 // moveTxWith is moveTx, looking for already-stored events first when
 // dedupe is set. Resends are rare, and looking for them costs an index probe
 // of every partition per row, so the first attempt does not: it chains every
-// claimed row and lets ON CONFLICT tell.
+// claimed row and lets the primary key tell.
 func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) (res moveResult, err error) {
 	tx, err := r.pool.Begin(ctx)
 	if err != nil {
@@ -368,18 +306,13 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 		}
 	}()
 
-	var rows []claimedRow
-	if r.cfg.WithoutChain {
-		res.claimed, err = claimPositions(ctx, tx, positions, r.cfg.BatchSize)
-	} else {
-		rows, err = claimRows(ctx, tx, positions, r.cfg.BatchSize)
-		res.claimed = make([]int64, len(rows))
-		for i := range rows {
-			res.claimed[i] = rows[i].pos
-		}
-	}
+	rows, err := claimRows(ctx, tx, positions, r.cfg.BatchSize)
 	if err != nil {
 		return res, err
+	}
+	res.claimed = make([]int64, len(rows))
+	for i := range rows {
+		res.claimed[i] = rows[i].pos
 	}
 	if len(res.claimed) == 0 {
 		return res, tx.Commit(ctx)
@@ -389,29 +322,31 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 	if err := tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
 		return res, fmt.Errorf("locking the seq counter: %w", err)
 	}
-	var moved, stored int64
-	chained := -1
-	if r.cfg.WithoutChain {
-		err = tx.QueryRow(ctx, moveUnchainedSQL, res.claimed).Scan(&stored, &moved, &res.lastSeq)
-	} else {
-		var c chainArgs
-		if c, err = r.chain(ctx, tx, rows, lastSeq, dedupe); err != nil {
-			return res, err
-		}
-		chained = len(c.pos)
-		err = tx.QueryRow(ctx, moveSQL, res.claimed, c.pos, c.seq, c.prev, c.hash).Scan(&stored, &moved, &res.lastSeq)
-	}
+	c, err := r.chain(ctx, tx, rows, lastSeq, dedupe)
 	if err != nil {
+		return res, err
+	}
+	stored, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_events"}, eventColumns, c)
+	if err != nil {
+		if !dedupe && isUniqueViolation(err) {
+			// A resend: redo the batch looking for them.
+			return res, errDuplicateInBatch // rolled back by the deferred function
+		}
+		return res, fmt.Errorf("copying %d events from outbox pos %d into audit_events: %w",
+			len(c.idx), res.claimed[0], err)
+	}
+	ws, seq, hash := c.newHeads()
+	var moved int64
+	if err := tx.QueryRow(ctx, finishMoveSQL, res.claimed, ws, seq, hash).Scan(&moved, &res.lastSeq); err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
 	res.moved, res.stored = int(moved), int(stored)
-	if chained >= 0 && res.stored != chained {
-		if dedupe {
-			return res, fmt.Errorf("moving %d outbox rows from pos %d: stored %d of %d chained events, with the seq counter locked",
-				len(res.claimed), res.claimed[0], res.stored, chained)
-		}
-		return res, errDuplicateInBatch // rolled back by the deferred function
+	if res.moved != len(res.claimed) {
+		// Impossible while the claim's row locks hold; refuse to commit a
+		// chain that would not match the outbox.
+		return res, fmt.Errorf("moving %d outbox rows from pos %d: deleted %d of them",
+			len(res.claimed), res.claimed[0], res.moved)
 	}
 	if h := r.hooks.beforeCommit; h != nil {
 		if err := h(ctx, tx, res); err != nil {
@@ -478,6 +413,16 @@ func isTransient(err error) bool {
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err)
+}
+
+// uniqueViolation is SQLSTATE unique_violation.
+const uniqueViolation = "23505"
+
+// isUniqueViolation reports whether err is a unique violation: copying an
+// event already stored.
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolation
 }
 
 // checkViolation is SQLSTATE check_violation, which PostgreSQL also uses for

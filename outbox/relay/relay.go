@@ -59,7 +59,8 @@ type Config struct {
 	// Registerer, when set, receives the relay's metrics (see the package
 	// doc). Optional.
 	Registerer prometheus.Registerer
-	// WithoutChain stores events without prev_hash and hash. It exists for
+	// WithoutChain stores events without prev_hash and hash, by the same
+	// move less the heads, the hashing and the links. It exists for
 	// `auditlog bench pipeline` to measure what the hash chain costs; events
 	// stored so are outside every chain and break verification. Never set
 	// it in production (no configuration key does). Default: false.
