@@ -108,6 +108,56 @@ func TestRecordBatchAllOrNone(t *testing.T) {
 	require.Equal(t, 10000, distinct)
 }
 
+// TestRecordBatchLeavesTheTransactionUsable: an invalid event, first or
+// last, of a batch normalised before the copy (small) or during it (large,
+// under a savepoint) writes nothing and leaves the caller's transaction as
+// it was, business change included.
+func TestRecordBatchLeavesTheTransactionUsable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.New(t)
+	_, err := pool.Exec(ctx, `CREATE TABLE business (name text)`)
+	require.NoError(t, err)
+
+	want := 0
+	for _, n := range []int{10, 300, 5000} {
+		for _, bad := range []int{0, n - 1} {
+			t.Run(fmt.Sprintf("n=%d/bad=%d", n, bad), func(t *testing.T) {
+				es := make([]outbox.Event, n)
+				for i := range es {
+					es[i] = sampleEvent(i)
+				}
+				es[bad].Action = "Not An Action"
+				tx, err := pool.Begin(ctx)
+				require.NoError(t, err)
+				defer func() { _ = tx.Rollback(ctx) }()
+				_, err = tx.Exec(ctx, `INSERT INTO business VALUES ($1)`, t.Name())
+				require.NoError(t, err)
+
+				_, err = outbox.Default().RecordBatchIDs(ctx, tx, es)
+				ve, ok := outbox.AsValidationError(err)
+				require.True(t, ok, "%v", err)
+				require.Equal(t, bad, ve.Index)
+
+				es[bad].Action = "ticket.update"
+				ids, err := outbox.Default().RecordBatchIDs(ctx, tx, es)
+				require.NoError(t, err, "the transaction is still usable")
+				require.Len(t, ids, n)
+				require.NoError(t, tx.Commit(ctx))
+				want += n
+
+				var rows, business int
+				require.NoError(t, pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE id = ANY($1::uuid[])) FROM audit_outbox`, ids).
+					Scan(&rows, &business))
+				require.Equal(t, want, rows, "the refused batch wrote nothing, the retried one everything")
+				require.Equal(t, n, business, "the ids returned are the ids stored")
+				require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM business WHERE name = $1`, t.Name()).Scan(&business))
+				require.Equal(t, 1, business, "the business change committed with the events")
+			})
+		}
+	}
+}
+
 func TestRecordNeedsTransaction(t *testing.T) {
 	t.Parallel()
 	require.Error(t, outbox.Record(context.Background(), nil, sampleEvent(1)))
