@@ -1,6 +1,7 @@
 // Package outbox is where an audit event is born: in-app modules call Record or
-// RecordBatch inside the same pgx.Tx as their business change, so the event
-// exists exactly when the change commits. The relay (package outbox/relay)
+// RecordBatch inside the same pgx.Tx as their business change (or Queue the
+// event into the pgx.Batch that carries the change), so the event exists
+// exactly when the change commits. The relay (package outbox/relay)
 // later moves the rows into the partitioned audit_events store.
 //
 // # Recording
@@ -32,7 +33,7 @@
 // bytes a background job keeps in its payload; Restore puts them back on every
 // retry, so a delayed job's events name the user who started it.
 //
-// The package-level Record and RecordBatch use the Recorder installed with
+// The package-level Record, RecordBatch and Queue use the Recorder installed with
 // SetDefault (the application does this at start-up), or one with default
 // Options.
 package outbox

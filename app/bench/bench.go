@@ -7,8 +7,9 @@
 // Stages (args[0]; "all" runs them in this order):
 //
 //   - record: the cost of one outbox.Record in a small business
-//     transaction (an UPDATE), against the same transaction without it;
-//     medians of many, the two kinds interleaved.
+//     transaction (an UPDATE), and of one event sent with outbox.Queue in
+//     the same batch as the UPDATE, against the same transaction without
+//     either; medians of many, the three kinds interleaved.
 //   - pipeline: --events events written through RecordBatch, then relayed
 //     (Relay.MoveOnce) until the outbox is empty; the floor is the same rows
 //     inserted into the same audit_events by one INSERT ... SELECT, and

@@ -43,6 +43,7 @@ func TestRunAllTiny(t *testing.T) {
 	for _, k := range []string{
 		"bench.database", "bench.nproc", "bench.postgres", "bench.loadavg_start", "bench.loadavg_end",
 		"record.plain_median_ms", "record.with_record_median_ms", "record.with_vs_plain",
+		"record.with_queue_median_ms", "record.with_queue_p95_ms", "record.queue_vs_plain",
 		"pipeline.recordbatch_events_per_s", "pipeline.copy_events_per_s", "pipeline.relay_events_per_s",
 		"pipeline.floor_events_per_s", "pipeline.relay_vs_floor", "pipeline.recordbatch_vs_copy",
 		"pipeline.relay_wal_bytes_per_event", "pipeline.relay_second_half_events_per_s", "storage.bytes_per_event", "storage.heap_bytes_per_event",
@@ -52,7 +53,7 @@ func TestRunAllTiny(t *testing.T) {
 		"query.plans", "query.plans_with_seq_scan", "query.plans_with_sort", "query.storage.bytes_per_event",
 		"export.http_rows_per_s", "export.copy_rows_per_s", "export.http_mb_per_s", "export.http_vs_copy",
 		"export.ttfb_ms", "export.direct_rows_per_s", "export.rss_growth_mib", "export.heap_growth_mib", "export.small_rss_growth_mib",
-		"target.relay_vs_floor", "target.record_overhead", "target.recordbatch_vs_copy",
+		"target.relay_vs_floor", "target.record_overhead", "target.queue_overhead", "target.recordbatch_vs_copy",
 		"target.ingest_vs_copy", "target.query_p95", "target.query_p99", "target.query_deep_vs_first",
 		"target.query_index_scans", "target.export_vs_copy", "target.export_ttfb", "target.export_rss",
 		"target.export_memory_flat",
