@@ -3,7 +3,6 @@ package outbox_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -290,32 +289,4 @@ func TestQueueNeedsBatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Error(t, rec.Queue(context.Background(), nil, sampleEvent(1)))
 	require.Error(t, outbox.Queue(context.Background(), nil, sampleEvent(1)))
-}
-
-// BenchmarkBusinessTxQueue is BenchmarkBusinessTx's with_record with the
-// event queued: the UPDATE and the event's INSERT go in one batch, one
-// round trip.
-func BenchmarkBusinessTxQueue(b *testing.B) {
-	ctx := context.Background()
-	pool := testdb.New(b)
-	_, err := pool.Exec(ctx, `CREATE TABLE bench_tickets (id bigint PRIMARY KEY, status text NOT NULL)`)
-	require.NoError(b, err)
-	_, err = pool.Exec(ctx, `INSERT INTO bench_tickets SELECT g, 'open' FROM generate_series(1, 1000) g`)
-	require.NoError(b, err)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		i++
-		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			batch := &pgx.Batch{}
-			batch.Queue(`UPDATE bench_tickets SET status = $2 WHERE id = $1`, i%1000+1, fmt.Sprint("s", i%7))
-			if err := outbox.Queue(ctx, batch, sampleEvent(i)); err != nil {
-				return err
-			}
-			return tx.SendBatch(ctx, batch).Close()
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
 }
