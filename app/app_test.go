@@ -105,13 +105,25 @@ func TestCommandsAgainstDatabase(t *testing.T) {
 	require.Contains(t, out, "dropped 1 partition(s)")
 	require.Equal(t, before-1, countParts())
 
-	// deadletters
+	// deadletters: one that has failed twice already.
+	_, err = conn.Exec(ctx, `INSERT INTO audit_dead_letters (pos, error, attempts, id, workspace_id,
+		occurred_at, recorded_at, action, actor_type, source)
+		VALUES (424242, 'boom', 2, '01936a5e-7c1f-7b3a-9d0e-2f5c1a9b8e77', 'ws_cli', now(), now(), 'poison.row', 'system', 'system')`)
+	require.NoError(t, err)
 	code, out, errOut = runCLI(t, "deadletters", "list")
 	require.Equal(t, 0, code, errOut)
-	require.Contains(t, out, "POS")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2, out)
+	require.Equal(t, []string{"POS", "FAILED", "AT", "ATTEMPTS", "WORKSPACE", "EVENT", "ID", "ACTION", "ERROR"}, strings.Fields(lines[0]))
+	row := strings.Fields(lines[1])
+	require.Equal(t, []string{"424242", "2", "ws_cli", "01936a5e-7c1f-7b3a-9d0e-2f5c1a9b8e77", "poison.row", "boom"},
+		[]string{row[0], row[2], row[3], row[4], row[5], row[6]}, out)
 	code, _, _ = runCLI(t, "deadletters", "retry")
 	require.Equal(t, 2, code, "retry needs --all or positions")
 	code, out, errOut = runCLI(t, "deadletters", "retry", "--all")
 	require.Equal(t, 0, code, errOut)
-	require.Contains(t, out, "moved 0")
+	require.Contains(t, out, "moved 1")
+	var attempts int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT attempts FROM audit_outbox WHERE pos = 424242`).Scan(&attempts))
+	require.Equal(t, 2, attempts, "the outbox row carries its count of failures")
 }

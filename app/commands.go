@@ -205,9 +205,9 @@ func runDeadLetters(ctx context.Context, e *env, args []string) error {
 				return err
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "POS\tFAILED AT\tWORKSPACE\tEVENT ID\tACTION\tERROR")
+			fmt.Fprintln(tw, "POS\tFAILED AT\tATTEMPTS\tWORKSPACE\tEVENT ID\tACTION\tERROR")
 			for _, d := range dls {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", d.Pos, d.FailedAt.UTC().Format(time.RFC3339), d.WorkspaceID, d.ID, d.Action, d.Error)
+				fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\n", d.Pos, d.FailedAt.UTC().Format(time.RFC3339), d.Attempts, d.WorkspaceID, d.ID, d.Action, d.Error)
 			}
 			return tw.Flush()
 		})

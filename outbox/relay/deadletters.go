@@ -24,9 +24,9 @@ type DeadLetter struct {
 	// FailedAt is when the row was set aside; Error why.
 	FailedAt time.Time
 	Error    string
-	// Attempts is the audit_dead_letters.attempts column. A retry removes
-	// the dead letter and the outbox keeps no history, so a row that fails
-	// again after a retry starts over at 1.
+	// Attempts is how many times the row has failed and been set aside:
+	// 1 the first time; a retried row that fails again counts on (the
+	// outbox row carries the count while it waits).
 	Attempts int
 	// The event's identity and what it was about.
 	ID          string
@@ -49,7 +49,7 @@ LIMIT $1`
 // retryDeadLettersSQL puts the dead letters at positions $1 (every one when
 // $1 is NULL) back into the outbox under their original pos (the identity
 // never hands it out again), so a retry goes first and keeps its name in
-// logs and listings.
+// logs and listings, with its count of failed attempts.
 const retryDeadLettersSQL = `
 WITH retried AS (
     DELETE FROM audit_dead_letters
@@ -59,11 +59,11 @@ WITH retried AS (
 INSERT INTO audit_outbox (
     pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
     actor_id, actor_email, actor_name, resource_type, resource_ids,
-    resource_ids_flat, source, ip, user_agent, request_id, details
+    resource_ids_flat, source, ip, user_agent, request_id, details, attempts
 ) OVERRIDING SYSTEM VALUE
 SELECT pos, id, workspace_id, occurred_at, recorded_at, action, actor_type,
        actor_id, actor_email, actor_name, resource_type, resource_ids,
-       resource_ids_flat, source, ip, user_agent, request_id, details
+       resource_ids_flat, source, ip, user_agent, request_id, details, attempts
 FROM retried`
 
 // ListDeadLetters returns up to limit dead letters, oldest first; limit <= 0

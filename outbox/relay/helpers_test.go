@@ -125,6 +125,26 @@ func event(i int) outbox.Event {
 	}
 }
 
+// poisonAction is the action addPoison makes audit_events refuse.
+const poisonAction = "poison.row"
+
+// addPoison makes audit_events refuse events whose action is poisonAction:
+// a row error (a CHECK violation) that is not a missing partition.
+func addPoison(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	_, err := pool.Exec(t.Context(), `ALTER TABLE audit_events ADD CONSTRAINT poison CHECK (action <> '`+poisonAction+`')`)
+	require.NoError(t, err)
+}
+
+// poisoned returns events(n) with the events at the indexes at poisoned.
+func poisoned(n int, at ...int) []outbox.Event {
+	es := events(n)
+	for _, i := range at {
+		es[i].Action = poisonAction
+	}
+	return es
+}
+
 // events returns n valid events.
 func events(n int) []outbox.Event {
 	es := make([]outbox.Event, n)

@@ -99,26 +99,27 @@ SELECT (SELECT count(*) FROM moved),
 const occurredAtSQL = `SELECT occurred_at FROM audit_outbox WHERE pos = $1`
 
 // deadLetterSQL sets the outbox row at pos $1 aside in audit_dead_letters
-// with the error text $2. It waits for a relay still holding the row: if
-// that relay moves it, there is nothing left to set aside.
+// with the error text $2, counting this failure on top of the row's earlier
+// ones (a retried dead letter's). It waits for a relay still holding the
+// row: if that relay moves it, there is nothing left to set aside.
 const deadLetterSQL = `
 WITH failed AS (
     DELETE FROM audit_outbox WHERE pos = $1
     RETURNING *
 )
 INSERT INTO audit_dead_letters (
-    pos, error, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+    pos, error, attempts, id, workspace_id, occurred_at, recorded_at, action, actor_type,
     actor_id, actor_email, actor_name, resource_type, resource_ids,
     resource_ids_flat, source, ip, user_agent, request_id, details
 )
-SELECT pos, $2, id, workspace_id, occurred_at, recorded_at, action, actor_type,
+SELECT pos, $2, attempts + 1, id, workspace_id, occurred_at, recorded_at, action, actor_type,
        actor_id, actor_email, actor_name, resource_type, resource_ids,
        resource_ids_flat, source, ip, user_agent, request_id, details
 FROM failed
 ON CONFLICT (pos) DO UPDATE
 SET error = EXCLUDED.error,
     failed_at = now(),
-    attempts = audit_dead_letters.attempts + 1`
+    attempts = greatest(audit_dead_letters.attempts + 1, EXCLUDED.attempts)`
 
 // rollbackTimeout bounds a rollback, which runs even when the move's
 // context is already cancelled.

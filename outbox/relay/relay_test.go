@@ -294,14 +294,10 @@ func TestPoisonRowDeadLetteredAndRetried(t *testing.T) {
 	t.Parallel()
 	pool := setup(t)
 	ctx := t.Context()
-	_, err := pool.Exec(ctx, `ALTER TABLE audit_events ADD CONSTRAINT poison CHECK (action <> 'poison.row')`)
-	require.NoError(t, err)
+	addPoison(t, pool)
 
-	es := events(200)
 	poison := []int{0, 57, 199}
-	for _, i := range poison {
-		es[i].Action = "poison.row"
-	}
+	es := poisoned(200, poison...)
 	ids := record(t, pool, es)
 
 	// A CHECK violation shares its SQLSTATE with a missing partition; the
@@ -313,7 +309,7 @@ func TestPoisonRowDeadLetteredAndRetried(t *testing.T) {
 
 	var good []string
 	for i, id := range ids {
-		if es[i].Action != "poison.row" {
+		if es[i].Action != poisonAction {
 			good = append(good, id)
 		}
 	}
@@ -325,7 +321,7 @@ func TestPoisonRowDeadLetteredAndRetried(t *testing.T) {
 	require.Len(t, dls, 3)
 	for k, d := range dls {
 		require.Equal(t, ids[poison[k]], d.ID)
-		require.Equal(t, "poison.row", d.Action)
+		require.Equal(t, poisonAction, d.Action)
 		require.Equal(t, "ws_test", d.WorkspaceID)
 		require.Contains(t, d.Error, `violates check constraint "poison"`)
 		require.Equal(t, 1, d.Attempts)
@@ -359,6 +355,43 @@ func TestPoisonRowDeadLetteredAndRetried(t *testing.T) {
 	dls, err = ListDeadLetters(ctx, pool, 0)
 	require.NoError(t, err)
 	require.Empty(t, dls)
+}
+
+// A dead letter retried before its cause is fixed fails again and counts
+// on: attempts 1, 2, 3, not 1 each time; once fixed, it moves.
+func TestDeadLetterAttemptsCountAcrossRetries(t *testing.T) {
+	t.Parallel()
+	pool := setup(t)
+	ctx := t.Context()
+	addPoison(t, pool)
+	ids := record(t, pool, poisoned(3, 1))
+	r := newRelay(t, pool, Config{})
+
+	for want := 1; want <= 3; want++ {
+		moved, err := r.Drain(ctx)
+		require.NoError(t, err)
+		require.Equal(t, map[int]int{1: 2}[want], moved, "only the good rows move, once")
+		dls, err := ListDeadLetters(ctx, pool, 0)
+		require.NoError(t, err)
+		require.Len(t, dls, 1)
+		require.Equal(t, ids[1], dls[0].ID)
+		require.Equal(t, want, dls[0].Attempts, "failure %d", want)
+		n, err := RetryAllDeadLetters(ctx, pool)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+	}
+
+	_, err := pool.Exec(ctx, `ALTER TABLE audit_events DROP CONSTRAINT poison`)
+	require.NoError(t, err)
+	moved, err := r.Drain(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, moved)
+	dls, err := ListDeadLetters(ctx, pool, 0)
+	require.NoError(t, err)
+	require.Empty(t, dls)
+	total, distinct, _ := eventCounts(t, pool)
+	require.Equal(t, int64(3), total)
+	require.Equal(t, int64(3), distinct)
 }
 
 // An event for a month without a partition is stored once the ensurer has
@@ -659,12 +692,8 @@ func TestRecoversFromDatabaseOutage(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	pool := setup(t)
-	ctx := t.Context()
-	_, err := pool.Exec(ctx, `ALTER TABLE audit_events ADD CONSTRAINT poison CHECK (action <> 'poison.row')`)
-	require.NoError(t, err)
-	es := events(11)
-	es[4].Action = "poison.row"
-	record(t, pool, es)
+	addPoison(t, pool)
+	record(t, pool, poisoned(11, 4))
 
 	reg := prometheus.NewRegistry()
 	r := newRelay(t, pool, Config{Registerer: reg})
@@ -735,8 +764,7 @@ func TestIsRowErrorAndMissingPartition(t *testing.T) {
 	t.Parallel()
 	pool := setup(t)
 	ctx := t.Context()
-	_, err := pool.Exec(ctx, `ALTER TABLE audit_events ADD CONSTRAINT poison CHECK (action <> 'poison.row')`)
-	require.NoError(t, err)
+	addPoison(t, pool)
 	insert := func(action string, at time.Time) error {
 		_, err := pool.Exec(ctx, `INSERT INTO audit_events (seq, id, workspace_id, occurred_at, recorded_at, action, actor_type, source)
 			VALUES (1, gen_random_uuid(), 'ws', $1, now(), $2, 'user', 'api')`, at, action)
@@ -747,7 +775,7 @@ func TestIsRowErrorAndMissingPartition(t *testing.T) {
 	require.True(t, isRowError(missing))
 	require.True(t, isMissingPartition(missing))
 
-	check := insert("poison.row", time.Now())
+	check := insert(poisonAction, time.Now())
 	require.True(t, isRowError(check))
 	require.False(t, isMissingPartition(check))
 
