@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"sync"
 
 	"github.com/robfig/cron/v3"
@@ -125,26 +126,77 @@ func startCheckpoints(ctx context.Context, cp *integrity.Checkpointer, spec stri
 	}), nil
 }
 
-// checkpointsFile is what --checkpoints reads: the body of GET
-// /v1/checkpoints, or a bare array of checkpoints.
-type checkpointsFile struct {
-	Data []integrity.Checkpoint `json:"data"`
+// checkpointsPage is one JSON value of a --checkpoints file: the body of
+// GET /v1/checkpoints (one page), or a bare array of checkpoints.
+type checkpointsPage struct {
+	Data *[]integrity.Checkpoint `json:"data"`
+	// Error is set when an error response was saved instead of a page.
+	Error json.RawMessage `json:"error"`
 }
 
+// readCheckpoints reads a --checkpoints file: one or more saved responses
+// of GET /v1/checkpoints one after the other (the pages of a download, as
+// `curl ... >> checkpoints.json` appends them, with or without whitespace
+// between), or bare arrays of checkpoints. A checkpoint saved twice (a
+// download appended again) is kept once; one id with two different
+// contents is refused, as is a saved error response.
 func readCheckpoints(path string) ([]integrity.Checkpoint, error) {
-	raw, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading checkpoints: %w", err)
 	}
+	defer f.Close()
+	dec := json.NewDecoder(f)
+	var all []integrity.Checkpoint
+	byID := map[int64]integrity.Checkpoint{}
+	pages := 0
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("reading checkpoints %s: response %d: want the JSON of GET /v1/checkpoints: %w", path, pages+1, err)
+		}
+		pages++
+		cps, err := parseCheckpointsPage(raw)
+		if err != nil {
+			return nil, fmt.Errorf("reading checkpoints %s: response %d: %w", path, pages, err)
+		}
+		for _, cp := range cps {
+			seen, ok := byID[cp.ID]
+			if !ok {
+				byID[cp.ID] = cp
+				all = append(all, cp)
+				continue
+			}
+			if !reflect.DeepEqual(seen, cp) {
+				return nil, fmt.Errorf("reading checkpoints %s: response %d: checkpoint %d appears twice with different contents: the file mixes downloads of different workspaces or servers", path, pages, cp.ID)
+			}
+		}
+	}
+	if pages == 0 {
+		return nil, fmt.Errorf("reading checkpoints %s: the file is empty: want the JSON of GET /v1/checkpoints", path)
+	}
+	return all, nil
+}
+
+// parseCheckpointsPage reads one JSON value of a --checkpoints file.
+func parseCheckpointsPage(raw json.RawMessage) ([]integrity.Checkpoint, error) {
 	var list []integrity.Checkpoint
 	if err := json.Unmarshal(raw, &list); err == nil {
 		return list, nil
 	}
-	var f checkpointsFile
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return nil, fmt.Errorf("reading checkpoints %s: want the JSON of GET /v1/checkpoints: %w", path, err)
+	var p checkpointsPage
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, fmt.Errorf("want the JSON of GET /v1/checkpoints: %w", err)
 	}
-	return f.Data, nil
+	if p.Error != nil {
+		return nil, fmt.Errorf("an error response was saved, not checkpoints: %s", p.Error)
+	}
+	if p.Data == nil {
+		return nil, errors.New(`want the JSON of GET /v1/checkpoints: no "data"`)
+	}
+	return *p.Data, nil
 }
 
 func runVerify(ctx context.Context, e *env, args []string) error {
@@ -152,7 +204,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	ws := fs.String("workspace", "", "verify this workspace's chain in the database")
 	file := fs.String("file", "", "verify an ndjson export file offline (no database)")
 	pubFlag := fs.String("public-key", "", "Ed25519 public key (base64, or a .pub file) that signed the checkpoints; default for --workspace: the configured signing key's")
-	cpFile := fs.String("checkpoints", "", "with --file: the saved response of GET /v1/checkpoints")
+	cpFile := fs.String("checkpoints", "", "with --file: the saved responses of GET /v1/checkpoints, every page of the download one after the other in one file")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err

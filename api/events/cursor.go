@@ -1,18 +1,12 @@
 package events
 
 import (
-	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // A cursor is base64url (no padding) of
@@ -27,7 +21,6 @@ const (
 	cursorVersion = 1
 	cursorBodyLen = 1 + 8 + 16
 	cursorLen     = cursorBodyLen + sha256.Size
-	cursorKeyLen  = 32
 )
 
 var errBadCursor = errors.New("invalid cursor")
@@ -71,44 +64,4 @@ func decodeCursor(key []byte, s, workspace string, f Filters) (position, error) 
 	p.OccurredAt = time.UnixMicro(int64(binary.BigEndian.Uint64(buf[1:9]))).UTC()
 	copy(p.ID[:], buf[9:25])
 	return p, nil
-}
-
-// The signing key lives in auditlog_settings so every instance signs and
-// verifies with the same one; the first instance to need it creates it, and
-// a race between two first instances is settled by the primary key.
-const (
-	insertCursorKeySQL = `INSERT INTO auditlog_settings (name, value) VALUES ('cursor_key', $1) ON CONFLICT (name) DO NOTHING`
-	selectCursorKeySQL = `SELECT value FROM auditlog_settings WHERE name = 'cursor_key'`
-)
-
-// cursorKeys loads the signing key once and caches it; a failed load is
-// retried by the next request.
-type cursorKeys struct {
-	pool *pgxpool.Pool
-	mu   sync.Mutex
-	key  []byte
-}
-
-func (k *cursorKeys) get(ctx context.Context) ([]byte, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.key != nil {
-		return k.key, nil
-	}
-	fresh := make([]byte, cursorKeyLen)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, fmt.Errorf("generating cursor key: %w", err)
-	}
-	if _, err := k.pool.Exec(ctx, insertCursorKeySQL, fresh); err != nil {
-		return nil, fmt.Errorf("storing cursor key: %w", err)
-	}
-	var key []byte
-	if err := k.pool.QueryRow(ctx, selectCursorKeySQL).Scan(&key); err != nil {
-		return nil, fmt.Errorf("loading cursor key: %w", err)
-	}
-	if len(key) < cursorKeyLen {
-		return nil, fmt.Errorf("loading cursor key: stored key is %d bytes, want %d", len(key), cursorKeyLen)
-	}
-	k.key = key
-	return key, nil
 }

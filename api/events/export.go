@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/auditlog/auditlog/api/dberr"
+	"github.com/auditlog/auditlog/api/httperr"
 	"github.com/auditlog/auditlog/outbox"
 )
 
@@ -189,7 +190,7 @@ func (h *Handlers) export(c *gin.Context) {
 		format = f
 	}
 	if format != FormatCSV && format != FormatNDJSON {
-		badParam(c, paramFormat, "must be csv or ndjson")
+		httperr.BadParam(c, paramFormat, "must be csv or ndjson")
 		return
 	}
 	ctx := c.Request.Context()

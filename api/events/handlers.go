@@ -4,17 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/auditlog/auditlog/api/auth"
+	"github.com/auditlog/auditlog/api/cursorkey"
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/paging"
 	"github.com/auditlog/auditlog/outbox"
 )
 
@@ -28,8 +28,8 @@ const (
 
 // Page sizes of GET /v1/events.
 const (
-	LimitDefault = 100
-	LimitMax     = 1000
+	LimitDefault = paging.LimitDefault
+	LimitMax     = paging.LimitMax
 )
 
 // Config configures the handlers.
@@ -53,7 +53,7 @@ type Handlers struct {
 	pool       *pgxpool.Pool
 	cfg        Config
 	log        *slog.Logger
-	keys       *cursorKeys
+	keys       *cursorkey.Store
 	exportRows prometheus.Counter
 	// exportBytes counts export body bytes sent.
 	exportBytes prometheus.Counter
@@ -69,6 +69,11 @@ func New(pool *pgxpool.Pool, cfg Config) (*Handlers, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	// 'cursor_key' is the name this key has always had.
+	keys, err := cursorkey.New(pool, "cursor_key")
+	if err != nil {
+		return nil, err
 	}
 	rows, err := registerCounter(cfg.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "auditlog_export_rows_total",
@@ -88,7 +93,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Handlers, error) {
 		pool:        pool,
 		cfg:         cfg,
 		log:         cfg.Logger,
-		keys:        &cursorKeys{pool: pool},
+		keys:        keys,
 		exportRows:  rows,
 		exportBytes: bytes,
 	}, nil
@@ -141,7 +146,7 @@ func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
 	// ';'), widening the query; refuse it instead.
 	q, err := url.ParseQuery(c.Request.URL.RawQuery)
 	if err != nil {
-		badParam(c, "", "malformed query string: "+err.Error())
+		httperr.BadParam(c, "", "malformed query string: "+err.Error())
 		return request{}, false
 	}
 	// The workspace always comes from the key; naming another one is a
@@ -158,7 +163,7 @@ func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
 		case k == paramWorkspace:
 		case slices.Contains(ownParams, k):
 			if len(vs) != 1 {
-				badParam(c, k, "must be given once")
+				httperr.BadParam(c, k, "must be given once")
 				return request{}, false
 			}
 			own[k] = vs[0]
@@ -170,30 +175,11 @@ func parseRequest(c *gin.Context, ownParams ...string) (request, bool) {
 	if err != nil {
 		var pe *ParamError
 		if errors.As(err, &pe) {
-			badParam(c, pe.Param, pe.Message)
+			httperr.BadParam(c, pe.Param, pe.Message)
 		} else {
-			badParam(c, "", err.Error())
+			httperr.BadParam(c, "", err.Error())
 		}
 		return request{}, false
 	}
 	return request{key: key, filters: f, own: own}, true
-}
-
-func badParam(c *gin.Context, param, msg string) {
-	if param != "" {
-		msg = param + ": " + msg
-	}
-	httperr.Abort(c, http.StatusBadRequest, httperr.CodeInvalid, msg, param)
-}
-
-// parseLimit reads limit, LimitDefault when absent.
-func parseLimit(s string, present bool) (int, error) {
-	if !present {
-		return LimitDefault, nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > LimitMax {
-		return 0, fmt.Errorf("must be an integer from 1 to %d", LimitMax)
-	}
-	return n, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/auditlog/auditlog/api/dberr"
 	"github.com/auditlog/auditlog/api/httperr"
+	"github.com/auditlog/auditlog/api/paging"
 	"github.com/auditlog/auditlog/outbox"
 )
 
@@ -150,14 +151,14 @@ func (h *Handlers) query(c *gin.Context) {
 		return
 	}
 	lim, hasLim := req.own[paramLimit]
-	limit, err := parseLimit(lim, hasLim)
+	limit, err := paging.ParseLimit(lim, hasLim)
 	if err != nil {
-		badParam(c, paramLimit, err.Error())
+		httperr.BadParam(c, paramLimit, err.Error())
 		return
 	}
 	ctx := c.Request.Context()
 	ws := req.key.WorkspaceID
-	key, err := h.keys.get(ctx)
+	key, err := h.keys.Get(ctx)
 	if err != nil {
 		h.log.Error("events: loading cursor key failed", "error", err)
 		dberr.Abort(c, err, "loading the cursor key")
@@ -167,7 +168,7 @@ func (h *Handlers) query(c *gin.Context) {
 	if cur, ok := req.own[paramCursor]; ok {
 		p, err := decodeCursor(key, cur, ws, req.filters)
 		if err != nil {
-			badParam(c, paramCursor, "is not a cursor of this query: pass next_cursor unchanged, with the same filters")
+			httperr.BadParam(c, paramCursor, "is not a cursor of this query: pass next_cursor unchanged, with the same filters")
 			return
 		}
 		before = &p

@@ -4,6 +4,7 @@ package httperr
 
 import (
 	"fmt"
+	"net/http"
 
 	"github.com/gin-gonic/gin"
 )
@@ -35,6 +36,16 @@ const (
 // Abort writes the error and stops the handler chain.
 func Abort(c *gin.Context, status int, code, message, field string) {
 	c.AbortWithStatusJSON(status, Body{Error: Detail{Code: code, Message: message, Field: field}})
+}
+
+// BadParam answers 400 invalid_request for the query parameter param, its
+// message prefixed with the parameter's name ("limit: must be ..."); param
+// "" blames no parameter.
+func BadParam(c *gin.Context, param, msg string) {
+	if param != "" {
+		msg = param + ": " + msg
+	}
+	Abort(c, http.StatusBadRequest, CodeInvalid, msg, param)
 }
 
 // Quote quotes a client-supplied value for an error message, cut at 64
