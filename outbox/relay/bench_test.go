@@ -4,10 +4,10 @@ import (
 	"testing"
 )
 
-// BenchmarkMoveBatch measures one relay move of 1000 events (claim, seq,
-// hash chain, insert into audit_events, delete from the outbox, commit),
-// with the chain and without it (Config.WithoutChain: its cost). Recording
-// the events with RecordBatch is outside the timer.
+// BenchmarkMoveBatch measures one relay move of 1000 bench-shaped events
+// (claim, seq, hash chain, copy into audit_events, delete from the outbox,
+// commit), with the chain and without it (Config.WithoutChain: its cost).
+// Recording the events with RecordBatch is outside the timer.
 //
 //	go test -run '^$' -bench MoveBatch -benchtime 200x ./outbox/relay/
 func BenchmarkMoveBatch(b *testing.B) {
@@ -22,7 +22,7 @@ func BenchmarkMoveBatch(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			es := events(batch)
+			es := shapedEvents(batch)
 			ctx := b.Context()
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -145,6 +145,31 @@ func poisoned(n int, at ...int) []outbox.Event {
 	return es
 }
 
+// shapedEvents returns n events shaped like auditlog bench's: 50
+// workspaces, an actor with email and name, three resource ids, an address,
+// ~300 bytes of details. For measurements where the size of an event
+// matters (the chain hashes every byte).
+func shapedEvents(n int) []outbox.Event {
+	es := make([]outbox.Event, n)
+	for i := range es {
+		es[i] = outbox.Event{
+			WorkspaceID: fmt.Sprintf("ws_%04d", i%50),
+			Action:      "ticket.update",
+			Actor: outbox.Actor{Type: outbox.ActorUser, ID: fmt.Sprintf("u_%d", i%200),
+				Email: fmt.Sprintf("user%d@example.com", i%200), Name: "Alice Liddell"},
+			Resource: outbox.Resource{Type: "ticket", IDs: map[string]any{"ticket": fmt.Sprintf("t_%d", i), "queue": "q_7", "channel": "C0451"}},
+			Source:   "web", IP: "203.0.113.7", UserAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+			RequestID: fmt.Sprintf("req_%d", i),
+			Details: map[string]any{"changes": map[string]any{
+				"status":   map[string]any{"from": "open", "to": "closed"},
+				"priority": map[string]any{"from": "normal", "to": "high"},
+				"subject":  map[string]any{"from": "Printer on fire", "to": "Printer on fire (again)"},
+			}, "comment": fmt.Sprintf("Closed after the customer confirmed the replacement printer works as expected (%d).", i)},
+		}
+	}
+	return es
+}
+
 // events returns n valid events.
 func events(n int) []outbox.Event {
 	es := make([]outbox.Event, n)

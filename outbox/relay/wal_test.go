@@ -1,14 +1,11 @@
 package relay
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-
-	"github.com/auditlog/auditlog/outbox"
 )
 
 // TestRelayWAL prints the WAL one drain of a backlog writes, by record type
@@ -37,26 +34,8 @@ func TestRelayWAL(t *testing.T) {
 	_, err := pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_walinspect`)
 	require.NoError(t, err)
 
-	// Events shaped like the bench's: 50 workspaces, three resource ids,
-	// ~300 bytes of details.
 	const n = 50_000
-	es := make([]outbox.Event, n)
-	for i := range es {
-		es[i] = outbox.Event{
-			WorkspaceID: fmt.Sprintf("ws_%04d", i%50),
-			Action:      "ticket.update",
-			Actor: outbox.Actor{Type: outbox.ActorUser, ID: fmt.Sprintf("u_%d", i%200),
-				Email: fmt.Sprintf("user%d@example.com", i%200), Name: "Alice Liddell"},
-			Resource: outbox.Resource{Type: "ticket", IDs: map[string]any{"ticket": fmt.Sprintf("t_%d", i), "queue": "q_7", "channel": "C0451"}},
-			Source:   "web", IP: "203.0.113.7", UserAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
-			RequestID: fmt.Sprintf("req_%d", i),
-			Details: map[string]any{"changes": map[string]any{
-				"status":   map[string]any{"from": "open", "to": "closed"},
-				"priority": map[string]any{"from": "normal", "to": "high"},
-				"subject":  map[string]any{"from": "Printer on fire", "to": "Printer on fire (again)"},
-			}, "comment": fmt.Sprintf("Closed after the customer confirmed the replacement printer works as expected (%d).", i)},
-		}
-	}
+	es := shapedEvents(n)
 	for i := 0; i < n; i += 1000 {
 		record(t, pool, es[i:i+1000])
 	}
