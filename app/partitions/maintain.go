@@ -223,13 +223,24 @@ func (r *run) commit(ctx context.Context) error {
 }
 
 // checkpoint commits once the open transaction has made ddlPerTransaction
-// changes and carries on in a new one, re-taking the lock (without waiting:
-// if another instance took it in between, that instance carries on, and
-// this run stops with lost set).
+// changes (or dropped a partition, with BeforeDrop) and carries on in a new
+// one, re-taking the lock without waiting: if another instance took it in
+// between, that instance carries on, and this run stops with lost set.
 func (r *run) checkpoint(ctx context.Context) error {
-	if len(r.pendingCreated)+len(r.pendingDropped) < r.m.ddlPerTransaction {
+	// With BeforeDrop, every drop commits at once: a DROP holds an ACCESS
+	// EXCLUSIVE lock on audit_events until commit, and the next partition's
+	// BeforeDrop reads that whole partition, for seconds when it is large,
+	// while every reader would wait.
+	dropNow := r.m.beforeDrop != nil && len(r.pendingDropped) > 0
+	if len(r.pendingCreated)+len(r.pendingDropped) < r.m.ddlPerTransaction && !dropNow {
 		return nil
 	}
+	return r.restart(ctx)
+}
+
+// restart commits the open transaction and carries on in a new one, as
+// checkpoint describes.
+func (r *run) restart(ctx context.Context) error {
 	if err := r.commit(ctx); err != nil {
 		return fmt.Errorf("%w: %w", errTxBroken, err)
 	}
@@ -475,8 +486,19 @@ func (m *Maintainer) expired(parts []Partition, now time.Time) []Partition {
 
 // prune drops the expired partitions, like ensure for errors.
 func (r *run) prune(ctx context.Context, now time.Time) error {
+	expired := r.m.expired(r.st.parts, now)
+	if len(expired) > 0 && r.m.beforeDrop != nil && len(r.pendingCreated) > 0 {
+		// Commit the partitions just created first: their locks would be
+		// held through BeforeDrop's read of a whole partition.
+		if err := r.restart(ctx); err != nil {
+			return err
+		}
+		if r.lost {
+			return nil
+		}
+	}
 	var errs []error
-	for _, p := range r.m.expired(r.st.parts, now) {
+	for _, p := range expired {
 		if r.lost {
 			break
 		}
@@ -506,9 +528,13 @@ func (r *run) drop(ctx context.Context, p Partition) error {
 		return fmt.Errorf("%s: %w: %w", what, errTxBroken, err)
 	}
 	if r.m.beforeDrop != nil {
-		_, err = sp.Exec(ctx, fmt.Sprintf(lockInsertsSQL, pgx.Identifier{r.st.schema, parentTable}.Sanitize()))
+		var underLock func(context.Context) error
+		underLock, err = r.m.beforeDrop(ctx, sp, p.From, p.To)
 		if err == nil {
-			err = r.m.beforeDrop(ctx, sp, p.From, p.To)
+			_, err = sp.Exec(ctx, fmt.Sprintf(lockInsertsSQL, pgx.Identifier{r.st.schema, parentTable}.Sanitize()))
+		}
+		if err == nil && underLock != nil {
+			err = underLock(ctx)
 		}
 	}
 	if err == nil {

@@ -91,14 +91,17 @@ type Config struct {
 	// auditlog_partitions_created_total, auditlog_partitions_dropped_total
 	// and auditlog_partitions_errors_total. Default: none.
 	Registerer prometheus.Registerer
-	// BeforeDrop, when set, runs inside the dropping transaction just
-	// before the partition holding occurred_at in [from, to) is dropped
-	// (from is zero for an unbounded partition); an error keeps the
-	// partition. Inserts into audit_events wait from just before it runs
-	// until the drop commits (reads go on), so it sees every row the drop
-	// removes. Integrity uses it to sign bridges over the chain links the
-	// drop removes. Default: none.
-	BeforeDrop func(ctx context.Context, tx pgx.Tx, from, to time.Time) error
+	// BeforeDrop, when set, runs in two steps inside the transaction that
+	// drops the partition holding occurred_at in [from, to) (from is zero
+	// for an unbounded partition). BeforeDrop itself runs first, while
+	// inserts go on: the place for slow work such as reading the whole
+	// partition. Then inserts into audit_events are held off until the drop
+	// commits (reads go on) and the function it returned, if not nil, runs:
+	// it sees every row the drop removes, so it accounts for whatever landed
+	// since the first step. An error from either keeps the partition.
+	// Integrity uses it to sign bridges over the chain links the drop
+	// removes. With BeforeDrop, each drop commits on its own. Default: none.
+	BeforeDrop func(ctx context.Context, tx pgx.Tx, from, to time.Time) (underLock func(context.Context) error, err error)
 }
 
 // Maintainer creates, drops and lists the partitions of audit_events. Its
@@ -114,7 +117,7 @@ type Maintainer struct {
 	logger            *slog.Logger
 	now               func() time.Time
 	metrics           metrics
-	beforeDrop        func(ctx context.Context, tx pgx.Tx, from, to time.Time) error
+	beforeDrop        func(ctx context.Context, tx pgx.Tx, from, to time.Time) (func(context.Context) error, error)
 
 	mu          sync.Mutex // guards the scheduler fields below
 	cron        *cron.Cron

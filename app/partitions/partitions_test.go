@@ -668,44 +668,54 @@ func TestScheduledRunOncePerPeriod(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(b.metrics.skipped))
 }
 
-// TestBeforeDropHoldsOffInserts checks that while Config.BeforeDrop looks at
-// a partition, no event can be inserted into it (so none is dropped without
-// BeforeDrop having seen it), reads go on until the first drop, and an error
-// from BeforeDrop keeps the partition.
+// TestBeforeDropHoldsOffInserts checks Config.BeforeDrop's two steps: the
+// first runs while inserts go on; the function it returns runs when no
+// event can be inserted any more (so none is dropped unseen); reads go on
+// throughout, every drop committing on its own; and an error from either
+// step keeps the partition.
 func TestBeforeDropHoldsOffInserts(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	ctx := t.Context()
 	oldPartitions(t, pool)
-	var calls int
-	check := func(ctx context.Context, tx pgx.Tx, from, to time.Time) error {
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	_, err = conn.Exec(ctx, `SET lock_timeout = '200ms'`)
+	require.NoError(t, err)
+	reads := func() {
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&n), "reads go on")
+	}
+	var calls, locked int
+	check := func(ctx context.Context, tx pgx.Tx, from, to time.Time) (func(context.Context) error, error) {
 		calls++
-		conn, err := pool.Acquire(ctx)
-		require.NoError(t, err)
-		defer conn.Release()
-		_, err = conn.Exec(ctx, `SET lock_timeout = '200ms'`)
-		require.NoError(t, err)
-		err = insertEvent(ctx, conn.Conn(), from.Add(time.Hour))
-		var pgErr *pgconn.PgError
-		require.ErrorAs(t, err, &pgErr, "an insert must wait for the drop")
-		require.Equal(t, "55P03", pgErr.Code) // lock_not_available
-		if calls == 1 {
-			// (Once a partition is dropped, the transaction holds an ACCESS
-			// EXCLUSIVE lock on the parent until it commits.)
-			var n int
-			require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&n), "reads go on")
+		require.NoError(t, insertEvent(ctx, conn.Conn(), from.Add(time.Hour)), "inserts go on during the first step")
+		reads()
+		if from.Month() == time.October {
+			return nil, errors.New("refused first")
 		}
-		_, err = conn.Exec(ctx, `RESET lock_timeout`)
-		require.NoError(t, err)
-		if from.Month() == time.September {
-			return errors.New("refused")
-		}
-		return nil
+		return func(ctx context.Context) error {
+			locked++
+			err := insertEvent(ctx, conn.Conn(), from.Add(2*time.Hour))
+			var pgErr *pgconn.PgError
+			require.ErrorAs(t, err, &pgErr, "an insert must wait for the drop")
+			require.Equal(t, "55P03", pgErr.Code) // lock_not_available
+			reads()
+			if from.Month() == time.September {
+				return errors.New("refused under the lock")
+			}
+			return nil
+		}, nil
 	}
 	m := newM(t, pool, Config{Interval: IntervalMonth, RetentionDays: 365, Premake: 1, BeforeDrop: check})
 	dropped, err := m.Prune(ctx, false)
-	require.ErrorContains(t, err, "refused")
-	require.Equal(t, []string{"audit_events_p20250801", "audit_events_p20251001"}, dropped)
+	require.ErrorContains(t, err, "refused under the lock")
+	require.ErrorContains(t, err, "refused first")
+	require.Equal(t, []string{"audit_events_p20250801"}, dropped)
 	require.Equal(t, 3, calls)
-	require.Contains(t, names(list(t, m)), "audit_events_p20250901", "BeforeDrop's error keeps the partition")
+	require.Equal(t, 2, locked)
+	left := names(list(t, m))
+	require.Contains(t, left, "audit_events_p20250901", "an error under the lock keeps the partition")
+	require.Contains(t, left, "audit_events_p20251001", "an error in the first step keeps the partition")
 }

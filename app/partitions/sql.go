@@ -51,8 +51,9 @@ const lockSQL = `SELECT pg_advisory_xact_lock($1)`
 const createPartitionSQL = `CREATE TABLE IF NOT EXISTS %[1]s PARTITION OF %[2]s FOR VALUES FROM ('%[3]s') TO ('%[4]s')`
 
 // lockInsertsSQL holds off inserts into the parent table (%s, quoted) until
-// the transaction ends while reads go on: between Config.BeforeDrop's look
-// at a partition and its drop, no event may land in it unaccounted for.
+// the transaction ends while reads go on: between the last look of
+// Config.BeforeDrop at a partition and its drop, no event may land in it
+// unaccounted for.
 const lockInsertsSQL = `LOCK TABLE %s IN SHARE MODE`
 
 // dropPartitionSQL drops a partition: %s is its quoted name.

@@ -345,20 +345,76 @@ FROM runs
 GROUP BY workspace_id, run
 ORDER BY workspace_id, min(seq)`
 
-// BeforeDrop records, inside tx and before the partition holding
-// occurred_at in [from, to) is dropped (from zero: no lower bound), a prune
+// lastSeqSQL reads the last seq the relay gave out. Moves are serialised on
+// audit_seq until they commit, so a snapshot that sees last_seq = S sees
+// every event up to S and none after.
+const lastSeqSQL = `SELECT last_seq FROM audit_seq`
+
+// lateEventsSQL reports whether chained events with occurred_at in [$1, $2)
+// were stored after seq $3.
+const lateEventsSQL = `
+SELECT EXISTS (
+    SELECT 1 FROM audit_events
+    WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) AND occurred_at < $2 AND hash IS NOT NULL AND seq > $3)`
+
+// BeforeDrop computes, inside tx and before inserts are locked out, the
+// bridges over the chained events with occurred_at in [from, to) (from
+// zero: no lower bound), and returns underLock, which partition maintenance
+// runs once inserts wait: it checks that no chained event landed in the
+// range since (recomputing the bridges if one did), then records a prune
 // checkpoint for every workspace with chained events in it, carrying the
-// bridges over them. Dropping then removes only what the checkpoints
-// account for, so what remains still verifies.
-func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.Time) error {
+// bridges over them. Dropping then removes only what the checkpoints account
+// for, so what remains still verifies. It is partitions.Config.BeforeDrop:
+// the slow part (reading the whole partition) runs while the relay goes on,
+// and only the check runs while inserts wait.
+func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.Time) (underLock func(context.Context) error, err error) {
 	var fromArg *time.Time
 	if !from.IsZero() {
 		fromArg = &from
 	}
+	var seen int64
+	if err := tx.QueryRow(ctx, lastSeqSQL).Scan(&seen); err != nil {
+		return nil, fmt.Errorf("reading the last seq: %w", err)
+	}
+	byWorkspace, order, err := c.bridges(ctx, tx, fromArg, to)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		var late bool
+		if err := tx.QueryRow(ctx, lateEventsSQL, fromArg, to, seen).Scan(&late); err != nil {
+			return fmt.Errorf("looking for events stored before %s since seq %d: %w", to.Format(time.RFC3339), seen, err)
+		}
+		if late {
+			c.log.InfoContext(ctx, "integrity: events landed in a partition being dropped; finding its chain links again")
+			if byWorkspace, order, err = c.bridges(ctx, tx, fromArg, to); err != nil {
+				return err
+			}
+		}
+		for _, ws := range order {
+			var (
+				seq  int64
+				hash []byte
+			)
+			if err := tx.QueryRow(ctx, headSQL, ws).Scan(&seq, &hash); err != nil {
+				return fmt.Errorf("reading the chain head of workspace %s: %w", ws, err)
+			}
+			if _, err := c.insert(ctx, tx, ws, seq, hash, KindPrune, byWorkspace[ws]); err != nil {
+				return err
+			}
+			c.log.InfoContext(ctx, "integrity: prune checkpoint made", "workspace", ws, "bridges", len(byWorkspace[ws]))
+		}
+		return nil
+	}, nil
+}
+
+// bridges runs bridgesSQL.
+func (c *Checkpointer) bridges(ctx context.Context, tx pgx.Tx, fromArg *time.Time, to time.Time) (map[string][]Bridge, []string, error) {
 	rows, err := tx.Query(ctx, bridgesSQL, fromArg, to)
 	if err != nil {
-		return fmt.Errorf("finding the chain links of events before %s: %w", to.Format(time.RFC3339), err)
+		return nil, nil, fmt.Errorf("finding the chain links of events before %s: %w", to.Format(time.RFC3339), err)
 	}
+	defer rows.Close()
 	byWorkspace := map[string][]Bridge{}
 	var order []string
 	for rows.Next() {
@@ -369,8 +425,7 @@ func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.
 			toHash   []byte
 		)
 		if err := rows.Scan(&ws, &b.FirstSeq, &b.LastSeq, &b.Events, &fromHash, &toHash); err != nil {
-			rows.Close()
-			return fmt.Errorf("reading chain links: %w", err)
+			return nil, nil, fmt.Errorf("reading chain links: %w", err)
 		}
 		b.FromHash, b.ToHash = hex.EncodeToString(fromHash), hex.EncodeToString(toHash)
 		if _, seen := byWorkspace[ws]; !seen {
@@ -379,20 +434,7 @@ func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.
 		byWorkspace[ws] = append(byWorkspace[ws], b)
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading chain links: %w", err)
+		return nil, nil, fmt.Errorf("reading chain links: %w", err)
 	}
-	for _, ws := range order {
-		var (
-			seq  int64
-			hash []byte
-		)
-		if err := tx.QueryRow(ctx, headSQL, ws).Scan(&seq, &hash); err != nil {
-			return fmt.Errorf("reading the chain head of workspace %s: %w", ws, err)
-		}
-		if _, err := c.insert(ctx, tx, ws, seq, hash, KindPrune, byWorkspace[ws]); err != nil {
-			return err
-		}
-		c.log.InfoContext(ctx, "integrity: prune checkpoint made", "workspace", ws, "bridges", len(byWorkspace[ws]))
-	}
-	return nil
+	return byWorkspace, order, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -357,6 +358,51 @@ func TestVerifyAfterPrune(t *testing.T) {
 }
 
 // exportLines returns ws's NDJSON export as the database renders it.
+// TestPruneAccountsForEventsStoredDuringIt: BeforeDrop computes the bridges
+// before inserts are held off; events relayed between that and the lock,
+// one into the partition being dropped and one after it in the chain, must
+// still be accounted for (found under the lock, the bridges computed again),
+// or the surviving chain would show a gap.
+func TestPruneAccountsForEventsStoredDuringIt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	now := time.Now().UTC()
+	old := now.AddDate(0, 0, -40)
+	e.record(t, ws, old, time.Time{}, old, time.Time{})
+	require.True(t, e.verify(t).OK())
+
+	oldEnd := time.Date(old.Year(), old.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+	const retention = 30
+	late := 0
+	beforeDrop := func(ctx context.Context, tx pgx.Tx, from, to time.Time) (func(context.Context) error, error) {
+		underLock, err := e.cps.BeforeDrop(ctx, tx, from, to)
+		if err == nil && to.Equal(oldEnd) {
+			// Between the first step and the lock: inserts still go on.
+			e.record(t, ws, old, time.Time{})
+			late++
+		}
+		return underLock, err
+	}
+	m, err := partitions.New(e.pool, partitions.Config{
+		RetentionDays: retention,
+		Now:           func() time.Time { return oldEnd.AddDate(0, 0, retention) },
+		BeforeDrop:    beforeDrop,
+	})
+	require.NoError(t, err)
+	dropped, err := m.Prune(t.Context(), false)
+	require.NoError(t, err)
+	require.NotEmpty(t, dropped)
+	require.Equal(t, 1, late)
+
+	var left int
+	require.NoError(t, e.pool.QueryRow(t.Context(), `SELECT count(*) FROM audit_events WHERE workspace_id = $1`, ws).Scan(&left))
+	require.Equal(t, 3, left, "the two current events and the late one after the dropped one")
+	rep := e.verify(t)
+	require.True(t, rep.OK(), "%v", rep.Break)
+	require.EqualValues(t, 3, rep.Events)
+	require.NotZero(t, rep.BridgesCrossed)
+}
+
 func exportLines(t *testing.T, pool *pgxpool.Pool) []byte {
 	t.Helper()
 	rows, err := pool.Query(t.Context(), `SELECT `+integrity.NDJSONLineSQL+` FROM audit_events e WHERE e.workspace_id = $1 ORDER BY e.seq`, ws)
