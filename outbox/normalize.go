@@ -120,7 +120,8 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 		if !ValidResourceType(e.Resource.Type) {
 			return out, invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
 		}
-		out.resourceType = &e.Resource.Type
+		rt := e.Resource.Type // a copy: &e.Resource.Type would move all of e to the heap
+		out.resourceType = &rt
 	}
 	ids, err := normaliseIDs(e.Resource.IDs)
 	if err != nil {
