@@ -13,6 +13,7 @@ import (
 
 	"github.com/gowebpki/jcs"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -322,7 +323,8 @@ func List(ctx context.Context, q Querier, workspace string) ([]Checkpoint, error
 }
 
 // bridgesSQL finds, among the chained events with occurred_at in [$1, $2)
-// (a partition about to be dropped), the stretches that are consecutive in
+// (a partition about to be dropped; $1 is -infinity for one without a lower
+// bound, so that even a generic plan prunes to that partition), the stretches that are consecutive in
 // their workspace's chain: a stretch starts at an event whose prev_hash is
 // not the hash of the partition's previous event of that workspace, and
 // ends where the next one starts.
@@ -332,7 +334,7 @@ WITH linked AS (
            prev_hash IS DISTINCT FROM lag(hash) OVER w AS starts,
            coalesce(lead(prev_hash) OVER w IS DISTINCT FROM hash, true) AS ends
     FROM audit_events
-    WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) AND occurred_at < $2 AND hash IS NOT NULL
+    WHERE occurred_at >= $1 AND occurred_at < $2 AND hash IS NOT NULL
     WINDOW w AS (PARTITION BY workspace_id ORDER BY seq)
 ), runs AS (
     SELECT *, count(*) FILTER (WHERE starts) OVER (PARTITION BY workspace_id ORDER BY seq) AS run
@@ -355,7 +357,7 @@ const lastSeqSQL = `SELECT last_seq FROM audit_seq`
 const lateEventsSQL = `
 SELECT EXISTS (
     SELECT 1 FROM audit_events
-    WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) AND occurred_at < $2 AND hash IS NOT NULL AND seq > $3)`
+    WHERE occurred_at >= $1 AND occurred_at < $2 AND hash IS NOT NULL AND seq > $3)`
 
 // BeforeDrop computes, inside tx and before inserts are locked out, the
 // bridges over the chained events with occurred_at in [from, to) (from
@@ -368,9 +370,11 @@ SELECT EXISTS (
 // the slow part (reading the whole partition) runs while the relay goes on,
 // and only the check runs while inserts wait.
 func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.Time) (underLock func(context.Context) error, err error) {
-	var fromArg *time.Time
-	if !from.IsZero() {
-		fromArg = &from
+	// -infinity, not NULL, for no lower bound: "$1 IS NULL OR occurred_at
+	// >= $1" defeats partition pruning in a generic plan.
+	fromArg := pgtype.Timestamptz{Time: from, Valid: true}
+	if from.IsZero() {
+		fromArg = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 	}
 	var seen int64
 	if err := tx.QueryRow(ctx, lastSeqSQL).Scan(&seen); err != nil {
@@ -409,7 +413,7 @@ func (c *Checkpointer) BeforeDrop(ctx context.Context, tx pgx.Tx, from, to time.
 }
 
 // bridges runs bridgesSQL.
-func (c *Checkpointer) bridges(ctx context.Context, tx pgx.Tx, fromArg *time.Time, to time.Time) (map[string][]Bridge, []string, error) {
+func (c *Checkpointer) bridges(ctx context.Context, tx pgx.Tx, fromArg pgtype.Timestamptz, to time.Time) (map[string][]Bridge, []string, error) {
 	rows, err := tx.Query(ctx, bridgesSQL, fromArg, to)
 	if err != nil {
 		return nil, nil, fmt.Errorf("finding the chain links of events before %s: %w", to.Format(time.RFC3339), err)

@@ -403,6 +403,30 @@ func TestPruneAccountsForEventsStoredDuringIt(t *testing.T) {
 	require.NotZero(t, rep.BridgesCrossed)
 }
 
+// TestBeforeDropWithoutLowerBound: a partition FROM (MINVALUE) has no lower
+// bound (from is zero); its bridges still cover every chained event below
+// the upper one, and none above.
+func TestBeforeDropWithoutLowerBound(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := t.Context()
+	old := time.Now().UTC().AddDate(0, 0, -40)
+	e.record(t, ws, old, time.Time{}, old, old, time.Time{})
+	upper := time.Date(old.Year(), old.Month()+1, 1, 0, 0, 0, 0, time.UTC)
+
+	tx, err := e.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	underLock, err := e.cps.BeforeDrop(ctx, tx, time.Time{}, upper)
+	require.NoError(t, err)
+	require.NoError(t, underLock(ctx))
+	var bridges, events int64
+	require.NoError(t, tx.QueryRow(ctx, `SELECT count(*), coalesce(sum((b->>'events')::bigint), 0)
+		FROM audit_checkpoints, jsonb_array_elements(bridges::jsonb) b WHERE kind = 'prune' AND workspace_id = $1`, ws).Scan(&bridges, &events))
+	require.EqualValues(t, 2, bridges, "one bridge per run of old events: the first, then the third and fourth")
+	require.EqualValues(t, 3, events, "the three old events, not the current ones")
+}
+
 func exportLines(t *testing.T, pool *pgxpool.Pool) []byte {
 	t.Helper()
 	rows, err := pool.Query(t.Context(), `SELECT `+integrity.NDJSONLineSQL+` FROM audit_events e WHERE e.workspace_id = $1 ORDER BY e.seq`, ws)
