@@ -373,7 +373,12 @@ func (r *run) create(ctx context.Context, g span) (string, error) {
 			pgx.Identifier{r.st.schema, name}.Sanitize(),
 			pgx.Identifier{r.st.schema, parentTable}.Sanitize(),
 			g.from.Format(boundLayout), g.to.Format(boundLayout))
-		_, err := sp.Exec(ctx, sql)
+		if _, err := sp.Exec(ctx, sql); err != nil {
+			return err
+		}
+		_, err := sp.Exec(ctx, fmt.Sprintf(createActorStatisticsSQL,
+			pgx.Identifier{r.st.schema, name + actorStatisticsSuffix}.Sanitize(),
+			pgx.Identifier{r.st.schema, name}.Sanitize()))
 		return err
 	}()
 	if err != nil {

@@ -50,6 +50,24 @@ const lockSQL = `SELECT pg_advisory_xact_lock($1)`
 // someone not taking the maintenance lock.
 const createPartitionSQL = `CREATE TABLE IF NOT EXISTS %[1]s PARTITION OF %[2]s FOR VALUES FROM ('%[3]s') TO ('%[4]s')`
 
+// actorStatisticsSuffix ends the name of a partition's statistics object
+// (createActorStatisticsSQL); migration 00010 names those of partitions
+// that existed before it the same way.
+const actorStatisticsSuffix = "_actor_deps"
+
+// createActorStatisticsSQL gives a new partition (%[2]s, quoted) the
+// functional-dependency statistics %[1]s (quoted) over workspace_id and the
+// actor columns. An actor's email (or id) mostly belongs to one workspace,
+// so "workspace_id = W AND actor_email = E" matches about as many rows as
+// the email alone; without the statistics the planner multiplies the two
+// selectivities, expects a fraction of the rows (20 where 996 matched, over
+// 2M events with 50 workspaces), and answers a frequent actor's first page
+// with a bitmap scan of every match and a sort (3,189 buffers, 39 ms)
+// instead of walking the actor index backwards (112 buffers). PostgreSQL
+// keeps extended statistics per table, not per partitioned parent, so each
+// partition gets its own; ANALYZE (autovacuum) fills them.
+const createActorStatisticsSQL = `CREATE STATISTICS IF NOT EXISTS %[1]s (dependencies) ON workspace_id, actor_id, actor_email FROM %[2]s`
+
 // lockInsertsSQL holds off inserts into the parent table (%s, quoted) until
 // the transaction ends while reads go on: between the last look of
 // Config.BeforeDrop at a partition and its drop, no event may land in it
