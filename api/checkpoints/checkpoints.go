@@ -125,7 +125,7 @@ func (h *Handler) list(c *gin.Context) {
 			return
 		}
 	}
-	cps, more, err := queryPage(ctx, h.pool, ws, after, limit)
+	cps, more, err := integrity.ListPage(ctx, h.pool, ws, after, limit)
 	if err != nil {
 		h.log.Error("checkpoints: listing failed", "workspace_id", ws, "error", err)
 		dberr.Abort(c, err, "listing checkpoints")

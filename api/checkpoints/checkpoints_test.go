@@ -353,12 +353,12 @@ func TestDeepPageIsAnIndexRangeScan(t *testing.T) {
 
 	want := []string{"Limit", "Index Scan:audit_checkpoints_workspace_idx"}
 	require.NoError(t, pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `PREPARE page_probe AS `+pageSQL)
+		_, err := tx.Exec(ctx, `PREPARE page_probe AS `+integrity.ListPageSQL)
 		require.NoError(t, err)
 		for _, ws := range []string{"ws_old", "ws_07", "ws_none"} {
 			for _, after := range []int64{0, deepOld, deep07} {
 				label := fmt.Sprintf("%s after %d", ws, after)
-				require.Equal(t, want, explain(t, tx, pageSQL, ws, after, LimitDefault+1), "custom plan, %s", label)
+				require.Equal(t, want, explain(t, tx, integrity.ListPageSQL, ws, after, LimitDefault+1), "custom plan, %s", label)
 				_, err = tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
 				require.NoError(t, err)
 				require.Equal(t, want, explain(t, tx, `EXECUTE page_probe($1, $2, 101)`, pgx.QueryExecModeSimpleProtocol, ws, after), "generic plan, %s", label)

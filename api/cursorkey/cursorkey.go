@@ -1,13 +1,24 @@
 // Package cursorkey keeps the secret keys that sign the API's pagination
-// cursors. A key lives in auditlog_settings so every instance signs and
-// verifies with the same one; the first instance to need it creates it, and
-// a race between two first instances is settled by the primary key. Each
-// route has a key of its own, so no route can mint another's cursors.
+// cursors, and seals and opens cursors with them. A key lives in
+// auditlog_settings so every instance signs and verifies with the same one;
+// the first instance to need it creates it, and a race between two first
+// instances is settled by the primary key. Each route has a key of its own,
+// so no route can mint another's cursors.
+//
+// A cursor is base64url (no padding) of body | HMAC-SHA256(key, body |
+// bound): the route encodes its position in body (starting with a version
+// byte of its own) and binds, without carrying them, what the cursor is
+// only valid for (the workspace, the filters), so a cursor replayed under
+// another workspace or filters fails exactly like a tampered one.
 package cursorkey
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -66,4 +77,41 @@ func (s *Store) Get(ctx context.Context) ([]byte, error) {
 	}
 	s.key = key
 	return key, nil
+}
+
+// Seal returns the cursor carrying body, bound to bound.
+func Seal(key, body, bound []byte) string {
+	buf := make([]byte, 0, len(body)+sha256.Size)
+	buf = append(buf, body...)
+	buf = append(buf, mac(key, body, bound)...)
+	return base64.RawURLEncoding.EncodeToString(buf)
+}
+
+// Open returns the body of the cursor s if Seal made it with key and bound
+// and its body is bodyLen bytes; ok is false for anything else.
+func Open(key []byte, s string, bodyLen int, bound []byte) (body []byte, ok bool) {
+	n := bodyLen + sha256.Size
+	if len(s) != base64.RawURLEncoding.EncodedLen(n) {
+		return nil, false
+	}
+	buf, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil || len(buf) != n || !hmac.Equal(buf[bodyLen:], mac(key, buf[:bodyLen], bound)) {
+		return nil, false
+	}
+	return buf[:bodyLen], true
+}
+
+// Bound returns what a cursor of workspace binds: the workspace,
+// length-prefixed so it cannot run into rest, then rest.
+func Bound(workspace string, rest []byte) []byte {
+	b := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(workspace)+len(rest)), uint32(len(workspace)))
+	b = append(b, workspace...)
+	return append(b, rest...)
+}
+
+func mac(key, body, bound []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(body)
+	m.Write(bound)
+	return m.Sum(nil)
 }
