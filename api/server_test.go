@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,29 +23,16 @@ import (
 	"github.com/auditlog/auditlog/api/auth"
 	"github.com/auditlog/auditlog/api/httperr"
 	"github.com/auditlog/auditlog/api/internal/apitest"
+	"github.com/auditlog/auditlog/internal/syncbuf"
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/outbox"
 )
 
-// syncBuffer is a log sink safe for concurrent handlers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the JSON log records written so far.
-func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+// logLines returns the JSON log records written to logs so far.
+func logLines(t *testing.T, logs *syncbuf.Buffer) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		if l == "" {
 			continue
 		}
@@ -65,7 +50,7 @@ func (w *countingWaker) Wake() { w.n.Add(1) }
 type bundle struct {
 	pool     *pgxpool.Pool
 	srv      *Server
-	logs     *syncBuffer
+	logs     *syncbuf.Buffer
 	waker    *countingWaker
 	registry *prometheus.Registry
 }
@@ -78,7 +63,7 @@ func echo(c *gin.Context) {
 
 func newBundle(t *testing.T, pool *pgxpool.Pool, cfg Config) *bundle {
 	t.Helper()
-	b := &bundle{pool: pool, logs: &syncBuffer{}, waker: &countingWaker{}, registry: prometheus.NewRegistry()}
+	b := &bundle{pool: pool, logs: &syncbuf.Buffer{}, waker: &countingWaker{}, registry: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	rec, err := outbox.New(outbox.Options{})
 	require.NoError(t, err)
@@ -160,7 +145,7 @@ func TestServer(t *testing.T) {
 		require.NotContains(t, w.Body.String(), "secret detail")
 		require.NotContains(t, w.Body.String(), "goroutine")
 		var logged map[string]any
-		for _, l := range b.logs.lines(t) {
+		for _, l := range logLines(t, b.logs) {
 			if l["msg"] == "http: handler panicked" && l["request_id"] == "req-panic" {
 				logged = l
 			}
@@ -224,7 +209,7 @@ func TestServer(t *testing.T) {
 		require.Equal(t, 1, n)
 
 		var access map[string]any
-		for _, l := range b.logs.lines(t) {
+		for _, l := range logLines(t, b.logs) {
 			if l["msg"] == "http request" && l["request_id"] == "req-ingest" {
 				access = l
 			}
@@ -238,7 +223,7 @@ func TestServer(t *testing.T) {
 		require.Equal(t, "ws_acme", access["workspace_id"])
 		require.Contains(t, access, "duration_ms")
 		// Never the key itself, nor the event body.
-		for _, l := range b.logs.lines(t) {
+		for _, l := range logLines(t, b.logs) {
 			raw, err := json.Marshal(l)
 			require.NoError(t, err)
 			require.NotContains(t, string(raw), writeSecret)

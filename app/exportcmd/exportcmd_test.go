@@ -11,7 +11,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/auditlog/auditlog/api/events"
+	"github.com/auditlog/auditlog/internal/syncbuf"
 	"github.com/auditlog/auditlog/internal/testdb"
 	"github.com/auditlog/auditlog/outbox"
 )
@@ -262,27 +262,9 @@ func TestRunInterrupted(t *testing.T) {
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT 1`).Scan(&one))
 }
 
-// syncBuffer is a bytes.Buffer safe for the progress goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestProgress(t *testing.T) {
 	t.Parallel()
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cw := &events.CountingWriter{W: &bytes.Buffer{}}
 	_, err := cw.Write([]byte("h\na,b\n\"c\nd\",e\n"))
 	require.NoError(t, err)

@@ -1,9 +1,7 @@
 package schedule
 
 import (
-	"bytes"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,33 +9,17 @@ import (
 	"github.com/robfig/cron/v3"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/auditlog/auditlog/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer is a bytes.Buffer safe for cron's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A panicking job is recovered and logged, the schedule goes on (cron's
 // skip wrapper would skip every tick after a panic passing through it), and
 // once stopped nothing of the scheduler is left running (goleak).
 func TestPanicRecoveredAndStopIsComplete(t *testing.T) {
-	var log syncBuffer
+	var log syncbuf.Buffer
 	c, chain, stopped := New(slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})), "test")
 	every, err := cron.ParseStandard("@every 1s")
 	require.NoError(t, err)
