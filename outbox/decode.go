@@ -132,6 +132,18 @@ func (d *eventDecoder) stringOrNull(field string, dst *string) error {
 	return nil
 }
 
+// objectOrNull consumes a null and reports false, reports true with the
+// cursor on an object, and refuses any other value as field with msg.
+func (d *eventDecoder) objectOrNull(field, msg string) (bool, error) {
+	if d.null() {
+		return false, nil
+	}
+	if d.peek() != '{' {
+		return false, invalid(field, "%s", msg)
+	}
+	return true, nil
+}
+
 func (d *eventDecoder) event() (Event, error) {
 	var e Event
 	if d.peek() != '{' {
@@ -181,11 +193,8 @@ func (d *eventDecoder) event() (Event, error) {
 
 func (d *eventDecoder) actor(a *Actor) error {
 	*a = Actor{}
-	if d.null() {
-		return nil
-	}
-	if d.peek() != '{' {
-		return invalid("actor", "must be an object")
+	if ok, err := d.objectOrNull("actor", "must be an object"); !ok {
+		return err
 	}
 	return d.members(func(key string) error {
 		field := "actor." + key
@@ -205,11 +214,8 @@ func (d *eventDecoder) actor(a *Actor) error {
 
 func (d *eventDecoder) resource(r *Resource) error {
 	*r = Resource{}
-	if d.null() {
-		return nil
-	}
-	if d.peek() != '{' {
-		return invalid("resource", "must be an object")
+	if ok, err := d.objectOrNull("resource", "must be an object"); !ok {
+		return err
 	}
 	return d.members(func(key string) error {
 		switch key {
@@ -227,11 +233,8 @@ func (d *eventDecoder) resource(r *Resource) error {
 // Anything else is refused here with the message normalisation would give.
 func (d *eventDecoder) ids(r *Resource) error {
 	r.IDs = nil
-	if d.null() {
-		return nil
-	}
-	if d.peek() != '{' {
-		return invalid("resource.ids", "must be an object")
+	if ok, err := d.objectOrNull("resource.ids", "must be an object"); !ok {
+		return err
 	}
 	ids := map[string]any{}
 	err := d.members(func(key string) error {
@@ -336,11 +339,8 @@ func (d *eventDecoder) numberLiteral() (string, error) {
 // canonicalised here, in the same pass, so recording only re-checks them.
 func (d *eventDecoder) details(e *Event) error {
 	e.Details = nil
-	if d.null() {
-		return nil
-	}
-	if d.peek() != '{' {
-		return invalid("details", "must be a JSON object")
+	if ok, err := d.objectOrNull("details", "must be a JSON object"); !ok {
+		return err
 	}
 	start := d.i
 	c := canonChecker{s: d.s, i: start}
