@@ -17,9 +17,8 @@ import (
 type claimedRow struct {
 	pos int64
 	f   integrity.EventFields
-	// id is f.ID as pgx encodes it; flat is resource_ids_flat; ip the
-	// address as stored (f.IP is host() of it).
-	id   pgtype.UUID
+	// flat is resource_ids_flat; ip the address as stored (f.IP is host()
+	// of it, as the canonical bytes need it).
 	flat string
 	ip   *netip.Prefix
 }
@@ -41,15 +40,16 @@ func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int) ([]
 	}
 	defer rows.Close()
 	out := make([]claimedRow, 0, limit)
+	var id pgtype.UUID
 	for rows.Next() {
 		var c claimedRow
 		f := &c.f
-		if err := rows.Scan(&c.pos, &c.id, &f.WorkspaceID, &f.OccurredAt, &f.RecordedAt, &f.Action, &f.ActorType,
+		if err := rows.Scan(&c.pos, &id, &f.WorkspaceID, &f.OccurredAt, &f.RecordedAt, &f.Action, &f.ActorType,
 			&f.ActorID, &f.ActorEmail, &f.ActorName, &f.ResourceType, &f.ResourceIDs, &c.flat, &f.Source,
 			&c.ip, &f.UserAgent, &f.RequestID, &f.Details, &f.IP); err != nil {
 			return nil, fmt.Errorf("claiming outbox rows: %w", err)
 		}
-		f.ID = c.id.Bytes
+		f.ID = id.Bytes
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -107,7 +107,7 @@ func (c *chained) Values() ([]any, error) {
 		c.heads[f.WorkspaceID] = chainHead{seq: seq, hash: hash}
 	}
 	v := c.vals[:0]
-	v = append(v, seq, r.id, f.WorkspaceID, f.OccurredAt, f.RecordedAt, f.Action, f.ActorType,
+	v = append(v, seq, pgtype.UUID{Bytes: f.ID, Valid: true}, f.WorkspaceID, f.OccurredAt, f.RecordedAt, f.Action, f.ActorType,
 		f.ActorID, f.ActorEmail, f.ActorName, f.ResourceType, f.ResourceIDs,
 		r.flat, f.Source, r.ip, f.UserAgent, f.RequestID, f.Details,
 		prev, hash)
