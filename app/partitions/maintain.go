@@ -223,23 +223,18 @@ func (r *run) commit(ctx context.Context) error {
 }
 
 // checkpoint commits once the open transaction has made ddlPerTransaction
-// changes (or dropped a partition, with BeforeDrop) and carries on in a new
-// one, re-taking the lock without waiting: if another instance took it in
+// changes and carries on in a new one, re-taking the lock without waiting: if another instance took it in
 // between, that instance carries on, and this run stops with lost set.
 func (r *run) checkpoint(ctx context.Context) error {
-	// With BeforeDrop, every drop commits at once: a DROP holds an ACCESS
-	// EXCLUSIVE lock on audit_events until commit, and the next partition's
-	// BeforeDrop reads that whole partition, for seconds when it is large,
-	// while every reader would wait.
-	dropNow := r.m.beforeDrop != nil && len(r.pendingDropped) > 0
-	if len(r.pendingCreated)+len(r.pendingDropped) < r.m.ddlPerTransaction && !dropNow {
+	if len(r.pendingCreated)+len(r.pendingDropped) < r.m.ddlPerTransaction {
 		return nil
 	}
 	return r.restart(ctx)
 }
 
 // restart commits the open transaction and carries on in a new one, as
-// checkpoint describes.
+// checkpoint describes; prune also calls it before each drop with
+// BeforeDrop.
 func (r *run) restart(ctx context.Context) error {
 	if err := r.commit(ctx); err != nil {
 		return fmt.Errorf("%w: %w", errTxBroken, err)
@@ -491,21 +486,23 @@ func (m *Maintainer) expired(parts []Partition, now time.Time) []Partition {
 
 // prune drops the expired partitions, like ensure for errors.
 func (r *run) prune(ctx context.Context, now time.Time) error {
-	expired := r.m.expired(r.st.parts, now)
-	if len(expired) > 0 && r.m.beforeDrop != nil && len(r.pendingCreated) > 0 {
-		// Commit the partitions just created first: their locks would be
-		// held through BeforeDrop's read of a whole partition.
-		if err := r.restart(ctx); err != nil {
-			return err
-		}
-		if r.lost {
-			return nil
-		}
-	}
 	var errs []error
-	for _, p := range expired {
+	for _, p := range r.m.expired(r.st.parts, now) {
 		if r.lost {
 			break
+		}
+		if r.m.beforeDrop != nil && len(r.pendingCreated)+len(r.pendingDropped) > 0 {
+			// Commit what the run did so far first: BeforeDrop reads a whole
+			// partition, for seconds when it is large, and a DROP holds an
+			// ACCESS EXCLUSIVE lock on audit_events until commit, so every
+			// reader would wait meanwhile (a CREATE's locks likewise).
+			if err := r.restart(ctx); err != nil {
+				errs = append(errs, err)
+				break
+			}
+			if r.lost {
+				break
+			}
 		}
 		if !slices.ContainsFunc(r.st.parts, func(q Partition) bool { return q.Name == p.Name }) {
 			continue // gone since a checkpoint reloaded the state
