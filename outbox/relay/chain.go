@@ -23,15 +23,15 @@ type claimedRow struct {
 	ip   *netip.Prefix
 }
 
-// claimRows claims the head of the outbox (positions nil, up to limit rows)
-// or the given positions, and returns the rows in pos order.
-func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int) ([]claimedRow, error) {
+// claimRows claims the head of the outbox after pos from (positions nil, up
+// to limit rows) or the given positions, and returns the rows in pos order.
+func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int, from int64) ([]claimedRow, error) {
 	var (
 		rows pgx.Rows
 		err  error
 	)
 	if positions == nil {
-		rows, err = tx.Query(ctx, claimHeadRowsSQL, limit)
+		rows, err = tx.Query(ctx, claimHeadRowsSQL, limit, from)
 	} else {
 		rows, err = tx.Query(ctx, claimPositionsRowsSQL, positions)
 	}

@@ -26,10 +26,15 @@
 //
 // A move is one transaction:
 //
-//  1. claim up to BatchSize rows and read them: SELECT ... ORDER BY pos
-//     LIMIT n FOR UPDATE SKIP LOCKED (rows of uncommitted business
-//     transactions are invisible; rows claimed by another relay are
-//     skipped);
+//  1. claim up to BatchSize rows and read them: SELECT ... WHERE pos >
+//     cursor ORDER BY pos LIMIT n FOR UPDATE SKIP LOCKED (rows of
+//     uncommitted business transactions are invisible; rows claimed by
+//     another relay are skipped). While a backlog drains, the cursor is the
+//     last pos of the previous full batch, so a claim does not walk the
+//     dead index entries of every row moved before it (which an old
+//     snapshot anywhere keeps from being skipped cheaply); a partial batch,
+//     a failure and every 64th move claim from the head again (cursor 0),
+//     which picks up rows committed late under a lower pos;
 //  2. take the audit_seq row lock and read the last seq (SELECT ... FOR
 //     UPDATE), so what follows sees every earlier move, then read the chain
 //     heads of the batch's workspaces;

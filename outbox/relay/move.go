@@ -20,13 +20,15 @@ const claimedColumns = `pos, id, workspace_id, occurred_at, recorded_at, action,
        actor_id, actor_email, actor_name, resource_type, resource_ids,
        resource_ids_flat, source, ip, user_agent, request_id, details, host(ip)`
 
-// claimHeadRowsSQL claims the oldest $1 outbox rows no other transaction
-// holds and returns them in pos order. Rows of uncommitted business
-// transactions are invisible, rows claimed by another relay are skipped, so
-// relays never wait for each other here.
+// claimHeadRowsSQL claims the oldest $1 outbox rows after pos $2 that no
+// other transaction holds and returns them in pos order. Rows of
+// uncommitted business transactions are invisible, rows claimed by another
+// relay are skipped, so relays never wait for each other here. $2 is the
+// relay's claim cursor (Relay.claimFrom), 0 for the whole outbox.
 const claimHeadRowsSQL = `
 SELECT ` + claimedColumns + `
 FROM audit_outbox
+WHERE pos > $2
 ORDER BY pos
 LIMIT $1
 FOR UPDATE SKIP LOCKED`
@@ -167,6 +169,7 @@ func (r *Relay) moveBatch(ctx context.Context) (claimed, moved int, err error) {
 	start := time.Now()
 	res, err := r.moveTx(ctx, nil)
 	claimed, moved = len(res.claimed), res.moved
+	r.advanceCursor(res, err)
 	if err != nil && isRowError(err) && len(res.claimed) > 0 {
 		// Some row of the batch cannot be stored: find it, move the rest.
 		r.log.Warn("relay: batch insert failed, splitting it to isolate the failing rows",
@@ -307,7 +310,7 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 		}
 	}()
 
-	rows, err := claimRows(ctx, tx, positions, r.cfg.BatchSize)
+	rows, err := claimRows(ctx, tx, positions, r.cfg.BatchSize, r.claimFrom.Load())
 	if err != nil {
 		return res, err
 	}

@@ -124,6 +124,14 @@ type Relay struct {
 	batches, moved, duplicates, deadLettered, errors atomic.Uint64
 	lastSeq                                          atomic.Int64
 
+	// claimFrom is the claim cursor: the last pos of the previous full
+	// batch while a backlog drains, 0 to claim from the head. See
+	// advanceCursor.
+	claimFrom atomic.Int64
+	// cursorMoves counts the moves claimed from the cursor since the last
+	// claim from the head.
+	cursorMoves atomic.Int64
+
 	// hooks lets tests observe and interfere with moves; zero in production.
 	hooks testHooks
 }
@@ -234,6 +242,35 @@ func (r *Relay) Stats() Stats {
 		Errors:       r.errors.Load(),
 		LastSeq:      r.lastSeq.Load(),
 	}
+}
+
+// rescanEvery bounds how many moves in a row claim from the cursor before
+// one claims from the head again, so that a row committed late under a
+// lower pos (or a retried dead letter, which keeps its pos) waits at most
+// this many batches during a backlog that never ends.
+const rescanEvery = 64
+
+// advanceCursor sets where the next claim of the head starts, after a move
+// of the head that claimed res and returned err.
+//
+// The claim reads the outbox in pos order. Moved rows leave dead entries in
+// its primary key until vacuum, and an index scan only learns to skip them
+// once no snapshot anywhere can see them: with a long export or any old
+// transaction open, a claim from the head walks every row moved since, and
+// a backlog drain slows quadratically (PERFORMANCE.md, "claiming scans dead
+// outbox rows"). So after a full batch the next claim starts past its last
+// pos. pos order is not commit order, though: a business transaction can
+// commit a lower pos after higher ones were moved. Any partial batch (the
+// backlog is drained), any failure, and every rescanEvery-th move claim
+// from the head again, so such rows are moved, never skipped for good.
+func (r *Relay) advanceCursor(res moveResult, err error) {
+	full := err == nil && len(res.claimed) >= r.cfg.BatchSize
+	if !full || r.cursorMoves.Add(1) >= rescanEvery {
+		r.claimFrom.Store(0)
+		r.cursorMoves.Store(0)
+		return
+	}
+	r.claimFrom.Store(res.claimed[len(res.claimed)-1])
 }
 
 // loop is the relay goroutine.
