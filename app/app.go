@@ -126,6 +126,10 @@ func run(ctx context.Context, intr *interrupts, args []string, stdout, stderr io
 	}
 	logger := newLogger(cfg, stderr)
 	intr.setLogger(logger)
+	for _, name := range config.IgnoredEnv(os.Environ()) {
+		// The name only: values may be secrets.
+		logger.Warn("environment variable names no setting, ignored", "variable", name)
+	}
 	return fn(ctx, &env{stdout: stdout, stderr: stderr, cfg: cfg, logger: logger}, rest)
 }
 

@@ -338,3 +338,35 @@ func TestTrustedProxyPrefixes(t *testing.T) {
 
 	require.Empty(t, Default().TrustedProxyPrefixes())
 }
+
+// TestLoadIgnoresForeignEnvVariables: AUDITLOG_ variables of no config
+// section (a client's own, Kubernetes' service links for a Service named
+// auditlog or auditlog-http) do not stop the binary; IgnoredEnv names them,
+// and a misspelt key of a known section is still an error.
+func TestLoadIgnoresForeignEnvVariables(t *testing.T) {
+	t.Parallel()
+	foreign := []string{
+		"AUDITLOG_URL=http://localhost:8080",
+		"AUDITLOG_API_KEY=secret",
+		"AUDITLOG_SERVICE_HOST=10.0.0.1",
+		"AUDITLOG_SERVICE_PORT=8080",
+		"AUDITLOG_SERVICE_PORT_HTTP=8080",
+		"AUDITLOG_PORT=tcp://10.0.0.1:8080",
+		"AUDITLOG_PORT_8080_TCP_ADDR=10.0.0.1",
+		"AUDITLOG_HTTP_PORT=tcp://10.0.0.2:80",
+		"AUDITLOG_HTTP_SERVICE_HOST=10.0.0.2",
+		"AUDITLOG_DATABSE_URL=postgres://typo",
+	}
+	environ := append([]string{"AUDITLOG_RELAY_BATCH_SIZE=7", "AUDITLOG_TEST_X=1", "PATH=/bin"}, foreign...)
+	cfg, err := Load(writeFile(t, ""), environ)
+	require.NoError(t, err)
+	require.Equal(t, 7, cfg.Relay.BatchSize, "settings still apply")
+	want := make([]string, len(foreign))
+	for i, kv := range foreign {
+		want[i], _, _ = strings.Cut(kv, "=")
+	}
+	require.Equal(t, want, IgnoredEnv(environ))
+
+	_, err = Load(writeFile(t, ""), []string{"AUDITLOG_HTTP_ADRESS=:80", "AUDITLOG_URL=x"})
+	require.ErrorContains(t, err, "AUDITLOG_HTTP_ADRESS")
+}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -21,9 +22,13 @@ import (
 //
 // An empty path reads DefaultFile from the working directory when it exists
 // and no file otherwise; an explicit path that does not exist is an error.
-// A key the file does not know, or an AUDITLOG_ variable that names no key
-// (other than the reserved AUDITLOG_TEST_*), is an error naming it, so a misspelling never silently leaves a default in
-// place.
+// A key the file does not know, or an AUDITLOG_<SECTION>_ variable of a
+// known section that names no key of it, is an error naming it, so a
+// misspelt key never silently leaves a default in place. AUDITLOG_
+// variables of no known section (a client's AUDITLOG_URL, Kubernetes'
+// AUDITLOG_SERVICE_HOST) and Kubernetes service links are not settings:
+// they are ignored, and IgnoredEnv lists them so that the caller can say
+// so.
 func Load(path string, environ []string) (Config, error) {
 	cfg := Default()
 
@@ -224,6 +229,9 @@ func applyEnv(cfg *Config, environ []string) error {
 		}
 		s, ok := byEnv[name]
 		if !ok {
+			if !inKnownSection(name) || isServiceLink(name) {
+				continue // not meant for us: IgnoredEnv reports it
+			}
 			return fmt.Errorf("environment variable %s: unknown setting (expected %s<SECTION>_<KEY> for a key of config.yaml)", name, EnvPrefix)
 		}
 		if err := setFromString(s.field, value); err != nil {
@@ -232,6 +240,59 @@ func applyEnv(cfg *Config, environ []string) error {
 	}
 	return nil
 }
+
+// IgnoredEnv returns the names of the AUDITLOG_ variables of environ that
+// Load ignores: those of no config section, and Kubernetes service links.
+// A misspelt section (AUDITLOG_DATABSE_URL) is among them, so callers log
+// them.
+func IgnoredEnv(environ []string) []string {
+	keys := map[string]bool{}
+	for _, s := range settings(new(Config)) {
+		keys[s.env] = true
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, EnvTestPrefix) || keys[name] {
+			continue
+		}
+		if !inKnownSection(name) || isServiceLink(name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// inKnownSection reports whether the variable name starts with
+// AUDITLOG_<SECTION>_ for a section of Config.
+func inKnownSection(name string) bool {
+	for _, section := range sections() {
+		if strings.HasPrefix(name, EnvPrefix+strings.ToUpper(section)+"_") {
+			return true
+		}
+	}
+	return false
+}
+
+// sections returns Config's top-level YAML keys.
+func sections() []string {
+	t := reflect.TypeFor[Config]()
+	out := make([]string, t.NumField())
+	for i := range out {
+		out[i] = yamlName(t.Field(i))
+	}
+	return out
+}
+
+// serviceLink matches the variables Kubernetes puts into every pod for
+// each Service in its namespace (FOO_SERVICE_HOST, FOO_SERVICE_PORT[_NAME],
+// FOO_PORT, FOO_PORT_8080_TCP[_PROTO|_PORT|_ADDR]): a Service named
+// auditlog-http gives AUDITLOG_HTTP_PORT, which must not stop the binary.
+var serviceLink = regexp.MustCompile(`_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$`)
+
+// isServiceLink reports whether name looks like a Kubernetes service link
+// variable.
+func isServiceLink(name string) bool { return serviceLink.MatchString(name) }
 
 // setFromString parses an environment variable's value into field by its
 // type. Lists are comma-separated; blanks around items are ignored.
