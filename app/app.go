@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/auditlog/auditlog/app/config"
+	"github.com/auditlog/auditlog/app/exportcmd"
 )
 
 // Version is the release version, set at build time with
@@ -66,8 +67,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, exportcmd.ErrUsage):
 		fmt.Fprint(stderr, usageText)
+		// Both sentinels read "usage".
 		if msg := strings.TrimPrefix(err.Error(), errUsage.Error()); msg != "" {
 			fmt.Fprintf(stderr, "\nerror%s\n", msg)
 		}

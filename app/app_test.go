@@ -36,6 +36,32 @@ func TestVersionAndUsage(t *testing.T) {
 	require.Equal(t, 2, code, errOut)
 }
 
+// TestUsageErrorsExitTwo: every command-line mistake exits 2, and is told
+// before any database is reached (the URL here leads nowhere, which would
+// fail with 1).
+func TestUsageErrorsExitTwo(t *testing.T) {
+	t.Setenv("AUDITLOG_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none?connect_timeout=1")
+	for _, args := range [][]string{
+		{"export"},
+		{"export", "--workspace", "ws_a", "--bogus"},
+		{"export", "--workspace", "ws_a", "--format", "xml"},
+		{"export", "--workspace", "ws_a", "--from", "yesterday"},
+		{"export", "--workspace", "ws_a", "--actor_email", "nobody"},
+		{"keys", "create", "--workspace", "ws_a", "--bogus"},
+		{"keys", "list", "--workspace"},
+		{"partitions", "list", "--bogus"},
+		{"deadletters", "retry", "--bogus"},
+		{"verify", "--bogus"},
+		{"integrity", "checkpoint", "--bogus"},
+	} {
+		code, _, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, "%v: %s", args, errOut)
+		require.Contains(t, errOut, "Usage:", args)
+	}
+	code, _, _ := runCLI(t, "export", "-h")
+	require.Equal(t, 0, code, "-h is no mistake")
+}
+
 func TestBadConfigNamesTheKey(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.yaml")

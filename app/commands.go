@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -27,6 +28,16 @@ func newFlagSet(name string, w io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses args with fs. A mistake (an unknown flag, a bad value)
+// is a usage error, exit code 2; -h stays flag.ErrHelp, exit code 0.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usagef("%s: %v", fs.Name(), err)
+}
+
 func runKeys(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
 		return usagef("keys needs create, list or revoke")
@@ -38,7 +49,7 @@ func runKeys(ctx context.Context, e *env, args []string) error {
 		ws := fs.String("workspace", "", "workspace the key belongs to (required)")
 		scopes := fs.String("scopes", "", "comma-separated scopes: events:read, events:write (required)")
 		name := fs.String("name", "", "a label for the key")
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
 		if *ws == "" || *scopes == "" || fs.NArg() > 0 {
@@ -56,7 +67,7 @@ func runKeys(ctx context.Context, e *env, args []string) error {
 	case "list":
 		fs := newFlagSet("keys list", e.stderr)
 		ws := fs.String("workspace", "", "workspace (required)")
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
 		if *ws == "" || fs.NArg() > 0 {
@@ -99,15 +110,21 @@ func fmtTime(t *time.Time) string {
 }
 
 func runExport(ctx context.Context, e *env, args []string) error {
+	// Parsed before the database is opened (or the embedded one started),
+	// so a mistake is told at once.
+	req, err := exportcmd.Parse(args, e.stderr)
+	if err != nil {
+		return err
+	}
 	return withDatabase(ctx, e, func(db *database) error {
 		rec, err := e.recorder()
 		if err != nil {
 			return err
 		}
-		return exportcmd.RunWith(ctx, db.Pool, exportcmd.Options{
+		return exportcmd.Export(ctx, db.Pool, exportcmd.Options{
 			CSVFormulaGuard: e.cfg.Export.CSVFormulaGuard,
 			Recorder:        rec,
-		}, args, e.stdout, e.stderr)
+		}, req, e.stdout, e.stderr)
 	})
 }
 
@@ -130,7 +147,7 @@ func runPartitions(ctx context.Context, e *env, args []string) error {
 	sub, args := args[0], args[1:]
 	fs := newFlagSet("partitions "+sub, e.stderr)
 	dryRun := fs.Bool("dry-run", false, "prune: report what would be dropped, change nothing")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -214,7 +231,7 @@ func runDeadLetters(ctx context.Context, e *env, args []string) error {
 	case "retry":
 		fs := newFlagSet("deadletters retry", e.stderr)
 		all := fs.Bool("all", false, "retry every dead letter")
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
 		var positions []int64
@@ -258,7 +275,7 @@ func runMembers(ctx context.Context, e *env, args []string) error {
 	name := fs.String("name", "", "member's name")
 	role := fs.String("role", "owner", "owner, admin, agent or viewer")
 	slackUser := fs.String("slack-user", "", "the member's Slack user id, for Slack interactions")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
 	if *ws == "" || *email == "" || fs.NArg() > 0 {

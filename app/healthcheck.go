@@ -20,7 +20,7 @@ func runHealthcheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet("healthcheck", e.stderr)
 	path := fs.String("path", "/healthz", "path to ask: /healthz (alive) or /readyz (database reachable and migrated)")
 	timeout := fs.Duration("timeout", healthcheckTimeoutDefault, "how long to wait for the answer")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 || *timeout <= 0 || len(*path) == 0 || (*path)[0] != '/' {

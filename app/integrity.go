@@ -53,7 +53,7 @@ func runIntegrity(ctx context.Context, e *env, args []string) error {
 	case "keygen":
 		fs := newFlagSet("integrity keygen", e.stderr)
 		out := fs.String("out", e.cfg.Integrity.SigningKeyFile, "where to write the private key (default: integrity.signing_key_file); the public key goes to OUT.pub")
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
 		if *out == "" || fs.NArg() > 0 {
@@ -69,7 +69,7 @@ func runIntegrity(ctx context.Context, e *env, args []string) error {
 	case "checkpoint":
 		fs := newFlagSet("integrity checkpoint", e.stderr)
 		ws := fs.String("workspace", "", "checkpoint this workspace even if unchanged (default: every workspace whose chain grew)")
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			return err
 		}
 		if fs.NArg() > 0 {
@@ -206,7 +206,7 @@ func runVerify(ctx context.Context, e *env, args []string) error {
 	pubFlag := fs.String("public-key", "", "Ed25519 public key (base64, or a .pub file) that signed the checkpoints; default for --workspace: the configured signing key's")
 	cpFile := fs.String("checkpoints", "", "with --file: the saved responses of GET /v1/checkpoints, every page of the download one after the other in one file")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 || (*ws == "") == (*file == "") {

@@ -7,7 +7,10 @@
 //	    [--from RFC3339] [--to RFC3339] [--format csv|ndjson] [-o FILE]
 //
 // Filters are those of GET /v1/events/export and are validated the same way;
-// repeat a flag to match any of its values. The export goes to FILE (written to
+// repeat a flag to match any of its values. The query parameters' spellings
+// (--actor_email, --actor_id, --resource_type) are accepted too. Mistakes
+// in the arguments are found by Parse, before any connection, and wrap
+// ErrUsage. The export goes to FILE (written to
 // a temporary file beside it and renamed into place only when complete, so
 // FILE is never a truncated export) or to stdout. On a terminal, progress
 // (rows, bytes, rate) is redrawn on stderr every second; a summary line is
@@ -90,18 +93,28 @@ var flagParams = []struct{ flag, param, usage string }{
 	{"source", events.ParamSource, "source (repeatable)"},
 }
 
-// RunWith parses args, exports and records the export.
-func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []string, stdout, stderr io.Writer) error {
-	if pool == nil {
-		return errors.New("export: pool is required")
-	}
-	if opts.Recorder == nil {
-		opts.Recorder = outbox.Default()
-	}
-	if opts.progressEvery <= 0 {
-		opts.progressEvery = time.Second
-	}
+// ErrUsage marks a mistake in the command line (an unknown flag, a missing
+// --workspace, an invalid filter): Parse's errors wrap it, so the caller
+// can print usage and exit 2.
+var ErrUsage = errors.New("usage")
 
+// Request is a parsed command line: what to export and where.
+type Request struct {
+	workspace string
+	filters   events.Filters
+	format    string
+	out       string
+}
+
+// usagef returns an error wrapping ErrUsage.
+func usagef(format string, args ...any) error {
+	return fmt.Errorf("%w: export: "+format, append([]any{ErrUsage}, args...)...)
+}
+
+// Parse parses and validates the command's arguments without touching the
+// database, so a mistake is reported before a connection is made. Every
+// error but flag.ErrHelp wraps ErrUsage.
+func Parse(args []string, stderr io.Writer) (*Request, error) {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	workspace := fs.String("workspace", "", "workspace to export (required)")
@@ -115,21 +128,28 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	lists := make([]multi, len(flagParams))
 	for i, fp := range flagParams {
 		fs.Var(&lists[i], fp.flag, fp.usage)
+		if fp.param != fp.flag {
+			// The query parameter's own spelling works too (--actor_email).
+			fs.Var(&lists[i], fp.param, "same as --"+fp.flag)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("export: %w", err)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usagef("%v", err)
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("export: unexpected argument %q", fs.Arg(0))
+		return nil, usagef("unexpected argument %q", fs.Arg(0))
 	}
 	if *workspace == "" {
-		return errors.New("export: --workspace is required")
+		return nil, usagef("--workspace is required")
 	}
 	if *format != events.FormatCSV && *format != events.FormatNDJSON {
-		return fmt.Errorf("export: --format %q: want csv or ndjson", *format)
+		return nil, usagef("--format %q: want csv or ndjson", *format)
 	}
 	if !outbox.ValidWorkspaceID(*workspace) {
-		return fmt.Errorf("export: --workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
+		return nil, usagef("--workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
 	}
 
 	v := url.Values{}
@@ -148,15 +168,38 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	if err != nil {
 		var pe *events.ParamError
 		if errors.As(err, &pe) {
-			return fmt.Errorf("export: --%s: %s", strings.ReplaceAll(pe.Param, "_", "-"), pe.Message)
+			return nil, usagef("--%s: %s", strings.ReplaceAll(pe.Param, "_", "-"), pe.Message)
 		}
-		return fmt.Errorf("export: %w", err)
+		return nil, usagef("%v", err)
 	}
+	return &Request{workspace: *workspace, filters: filters, format: *format, out: *out}, nil
+}
 
+// RunWith parses args, exports and records the export.
+func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []string, stdout, stderr io.Writer) error {
+	req, err := Parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return Export(ctx, pool, opts, req, stdout, stderr)
+}
+
+// Export runs the export req describes and records it.
+func Export(ctx context.Context, pool *pgxpool.Pool, opts Options, req *Request, stdout, stderr io.Writer) error {
+	if pool == nil {
+		return errors.New("export: pool is required")
+	}
+	if opts.Recorder == nil {
+		opts.Recorder = outbox.Default()
+	}
+	if opts.progressEvery <= 0 {
+		opts.progressEvery = time.Second
+	}
 	var dest io.Writer = stdout
 	var tmp *os.File
-	if *out != "" && *out != "-" {
-		tmp, err = os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".*.partial")
+	if req.out != "" && req.out != "-" {
+		var err error
+		tmp, err = os.CreateTemp(filepath.Dir(req.out), "."+filepath.Base(req.out)+".*.partial")
 		if err != nil {
 			return fmt.Errorf("export: creating output file: %w", err)
 		}
@@ -177,22 +220,22 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 	// Fail closed, as the HTTP export: no byte is written before the export
 	// is written down as begun, so a crash cannot leave it unrecorded.
 	actor := outbox.Actor{Type: outbox.ActorService, ID: ActorID, Name: osUser()}
-	intent, err := events.BeginExportIntent(ctx, conn.Conn(), *workspace, filters, *format, actor, Source)
+	intent, err := events.BeginExportIntent(ctx, conn.Conn(), req.workspace, req.filters, req.format, actor, Source)
 	if err != nil {
 		return fmt.Errorf("export: not started, as it could not be recorded: %w", err)
 	}
 
 	buf := bufio.NewWriterSize(dest, 64<<10)
-	cw := &events.CountingWriter{W: buf, NDJSON: *format == events.FormatNDJSON}
+	cw := &events.CountingWriter{W: buf, NDJSON: req.format == events.FormatNDJSON}
 	began := time.Now()
 	stopProgress := startProgress(stderr, cw, began, opts)
 
 	var rows int64
 	var exportErr error
-	if *format == events.FormatNDJSON {
-		rows, exportErr = events.ExportNDJSON(ctx, conn.Conn(), *workspace, filters, cw)
+	if req.format == events.FormatNDJSON {
+		rows, exportErr = events.ExportNDJSON(ctx, conn.Conn(), req.workspace, req.filters, cw)
 	} else {
-		rows, exportErr = events.Export(ctx, conn.Conn(), *workspace, filters, opts.CSVFormulaGuard, cw)
+		rows, exportErr = events.Export(ctx, conn.Conn(), req.workspace, req.filters, opts.CSVFormulaGuard, cw)
 	}
 	if exportErr == nil {
 		if err := buf.Flush(); err != nil {
@@ -223,13 +266,13 @@ func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []strin
 		if err := tmp.Close(); err != nil {
 			return fmt.Errorf("export: closing output file: %w", err)
 		}
-		if err := os.Rename(tmp.Name(), *out); err != nil {
+		if err := os.Rename(tmp.Name(), req.out); err != nil {
 			_ = os.Remove(tmp.Name())
 			tmp = nil
 			return fmt.Errorf("export: moving output into place: %w", err)
 		}
 		tmp = nil
-		target = *out
+		target = req.out
 	}
 	elapsed := time.Since(began)
 	fmt.Fprintf(stderr, "exported %d rows (%s) in %s to %s\n", rows, humanBytes(cw.Bytes()), elapsed.Round(time.Millisecond), target)

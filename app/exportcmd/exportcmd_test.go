@@ -205,6 +205,7 @@ func TestRunRefusesBadArguments(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		err := Run(context.Background(), pool, strings.Fields(args), &stdout, &stderr)
 		require.ErrorContains(t, err, want, args)
+		require.ErrorIs(t, err, ErrUsage, "a usage error (exit code 2): %s", args)
 	}
 	_, err := os.Stat(out)
 	require.ErrorIs(t, err, os.ErrNotExist)
@@ -358,4 +359,21 @@ func TestRunNDJSON(t *testing.T) {
 
 	err := Run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "xml"}, &out, io.Discard)
 	require.ErrorContains(t, err, "--format")
+}
+
+// TestParseAcceptsBothSpellings: each filter flag also answers to its query
+// parameter's spelling, and both add to the same filter.
+func TestParseAcceptsBothSpellings(t *testing.T) {
+	t.Parallel()
+	req, err := Parse([]string{"--workspace", "ws_a",
+		"--actor-email", "A@b.io", "--actor_email", "c@d.io",
+		"--actor_id", "u_1", "--resource_type", "ticket", "--resource-type", "channel"}, io.Discard)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a@b.io", "c@d.io"}, req.filters.ActorEmails)
+	require.Equal(t, []string{"u_1"}, req.filters.ActorIDs)
+	require.ElementsMatch(t, []string{"ticket", "channel"}, req.filters.ResourceTypes)
+
+	_, err = Parse([]string{"--workspace", "ws_a", "--resource_type", "Bad Type"}, io.Discard)
+	require.ErrorIs(t, err, ErrUsage)
+	require.ErrorContains(t, err, "--resource-type")
 }
