@@ -8,8 +8,10 @@ import (
 )
 
 // DecodeEvent parses one event in the contract's JSON shape, strictly:
-// unknown fields, wrong types, invalid UTF-8 and a read-only recorded_at are
-// refused with a *ValidationError naming the field. It does not normalise;
+// unknown fields, members given twice, wrong types and invalid UTF-8 are
+// refused with a *ValidationError naming the field. The fields the server
+// sets (recorded_at, and seq, hash and prev_hash of an event read back) are
+// accepted and ignored. It does not normalise;
 // recording does.
 func DecodeEvent(data []byte) (Event, error) {
 	if !utf8.Valid(data) {
@@ -80,13 +82,16 @@ func (d *eventDecoder) null() bool {
 }
 
 // members calls fn for each member of the object at d.i (its '{' already
-// checked by the caller), with fn parsing the value.
-func (d *eventDecoder) members(fn func(key string) error) error {
+// checked by the caller), with fn parsing the value. A member given twice
+// is refused as prefix+key: parsers disagree on which value wins (first or
+// last), so a proxy validating one could store another.
+func (d *eventDecoder) members(prefix string, fn func(key string) error) error {
 	d.i++ // '{'
 	if d.peek() == '}' {
 		d.i++
 		return nil
 	}
+	var seen memberSet
 	for {
 		if d.peek() != '"' {
 			return d.syntax(d.errorf("expected a member name"))
@@ -99,6 +104,9 @@ func (d *eventDecoder) members(fn func(key string) error) error {
 			return d.syntax(d.errorf("expected ':'"))
 		}
 		d.i++
+		if seen.add(key) {
+			return invalid(prefix+key, "is given more than once")
+		}
 		if err := fn(key); err != nil {
 			return err
 		}
@@ -114,8 +122,49 @@ func (d *eventDecoder) members(fn func(key string) error) error {
 	}
 }
 
-// stringOrNull reads a JSON string, or null (empty), into dst. A member
-// given twice takes its last value, as with every field here.
+// memberSet is the member names of one object read so far. Objects here
+// have a dozen members at most, which a slice searches fastest; an object
+// with many (resource ids) switches to a map, so a hostile one of 100,000
+// members costs no quadratic time.
+type memberSet struct {
+	small [12]string
+	n     int
+	big   map[string]struct{}
+}
+
+// add adds key and reports whether it was there already.
+func (m *memberSet) add(key string) bool {
+	if m.big != nil {
+		if _, dup := m.big[key]; dup {
+			return true
+		}
+		m.big[key] = struct{}{}
+		return false
+	}
+	for _, k := range m.small[:m.n] {
+		if k == key {
+			return true
+		}
+	}
+	if m.n < len(m.small) {
+		m.small[m.n] = key
+		m.n++
+		return false
+	}
+	m.big = make(map[string]struct{}, 2*len(m.small))
+	for _, k := range m.small {
+		m.big[k] = struct{}{}
+	}
+	m.big[key] = struct{}{}
+	return false
+}
+
+// readOnlyFields are the fields of an event as the API returns it that the
+// server sets: accepted on input, so an event read back can be sent again,
+// and ignored.
+var readOnlyFields = map[string]bool{"recorded_at": true, "seq": true, "hash": true, "prev_hash": true}
+
+// stringOrNull reads a JSON string, or null (empty), into dst.
 func (d *eventDecoder) stringOrNull(field string, dst *string) error {
 	if d.null() {
 		*dst = ""
@@ -149,7 +198,7 @@ func (d *eventDecoder) event() (Event, error) {
 	if d.peek() != '{' {
 		return e, invalid("event", "must be a JSON object")
 	}
-	err := d.members(func(key string) error {
+	err := d.members("", func(key string) error {
 		switch key {
 		case "id":
 			return d.stringOrNull(key, &e.ID)
@@ -167,8 +216,6 @@ func (d *eventDecoder) event() (Event, error) {
 			}
 			e.OccurredAt = t
 			return nil
-		case "recorded_at":
-			return invalid(key, "is set by the server and cannot be supplied")
 		case "action":
 			return d.stringOrNull(key, &e.Action)
 		case "actor":
@@ -186,6 +233,14 @@ func (d *eventDecoder) event() (Event, error) {
 		case "details":
 			return d.details(&e)
 		}
+		if readOnlyFields[key] {
+			// Set by the server; the value is skipped, but must still be
+			// JSON.
+			if _, err := d.value(nil); err != nil {
+				return d.syntax(err)
+			}
+			return nil
+		}
 		return invalid(key, "is not a field of an event")
 	})
 	return e, err
@@ -196,7 +251,7 @@ func (d *eventDecoder) actor(a *Actor) error {
 	if ok, err := d.objectOrNull("actor", "must be an object"); !ok {
 		return err
 	}
-	return d.members(func(key string) error {
+	return d.members("actor.", func(key string) error {
 		field := "actor." + key
 		switch key {
 		case "type":
@@ -217,7 +272,7 @@ func (d *eventDecoder) resource(r *Resource) error {
 	if ok, err := d.objectOrNull("resource", "must be an object"); !ok {
 		return err
 	}
-	return d.members(func(key string) error {
+	return d.members("resource.", func(key string) error {
 		switch key {
 		case "type":
 			return d.stringOrNull("resource.type", &r.Type)
@@ -237,7 +292,7 @@ func (d *eventDecoder) ids(r *Resource) error {
 		return err
 	}
 	ids := map[string]any{}
-	err := d.members(func(key string) error {
+	err := d.members("resource.ids.", func(key string) error {
 		if d.peek() != '[' {
 			v, err := d.idScalar(key)
 			if err != nil {

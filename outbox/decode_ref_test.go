@@ -42,8 +42,8 @@ func referenceDecodeEvent(data []byte) (Event, error) {
 					err = errors.New("must be an RFC 3339 timestamp with an offset")
 				}
 			}
-		case "recorded_at":
-			err = errors.New("is set by the server and cannot be supplied")
+		case "recorded_at", "seq", "hash", "prev_hash":
+			// Set by the server: ignored.
 		case "action":
 			err = refDecodeString(raw, &e.Action)
 		case "actor":

@@ -32,6 +32,8 @@ func FuzzDecodeNormalise(f *testing.F) {
 	f.Add([]byte(`{"actor":{"type":"user","id":"a"},"actor":{"type":"system"},"action":null,"details":{"b":1,"a":[1.50,"\/"]}}`))
 	f.Add([]byte(`{"resource":{"ids":{"n":[-0,1e2,12345678901234567890,"x"],"m":1.5e-3}},"details":{"a":{"a":{"a":1}}}}`))
 	f.Add([]byte(`{"details":{"\u00e9":"\u001f","e":1e400}}`))
+	f.Add([]byte(`{"action":"a.b","source":"web","actor":{"type":"system"},"action":"c.d"}`))
+	f.Add([]byte(`{"recorded_at":"2020-01-01T00:00:00Z","seq":1,"hash":"x","prev_hash":null,"action":"a.b","source":"web","actor":{"type":"system"}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		// Differential: the single-pass decoder and the generic one it
 		// replaced agree on what decoding plus normalisation accepts, and
@@ -42,6 +44,11 @@ func FuzzDecodeNormalise(f *testing.F) {
 		// what is not one JSON value (testdata de32b3a26ec19bf4).
 		if refErr == nil && !json.Valid(body) {
 			refErr = errors.New("not one JSON value")
+		}
+		// encoding/json lets the last of a repeated member win; the
+		// decoder refuses repeated members.
+		if refErr == nil && hasRepeatedMember(body) {
+			refErr = errors.New("a member given twice")
 		}
 		var refRow row
 		if refErr == nil {
@@ -231,5 +238,54 @@ func rowStrings(w row) []string {
 		w.id.String(), w.workspaceID, w.occurredAt.String(), w.recordedAt.String(), w.action, w.actorType,
 		str(w.actorID), str(w.actorEmail), str(w.actorName), str(w.resourceType), str(w.resourceIDs),
 		w.resourceIDsFlat, w.source, ip, str(w.userAgent), str(w.requestID), str(w.details),
+	}
+}
+
+// hasRepeatedMember reports whether some object in the JSON document body
+// names a member twice. body must be valid JSON.
+func hasRepeatedMember(body []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	// One frame per open object or array: the object's member names, and
+	// whether the next string token is a member name.
+	type frame struct {
+		names    map[string]bool
+		isObject bool
+		wantKey  bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.isObject && top.wantKey {
+			if name, ok := tok.(string); ok {
+				if top.names[name] {
+					return true
+				}
+				top.names[name] = true
+				top.wantKey = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{names: map[string]bool{}, isObject: true, wantKey: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		// A value ended: the enclosing object expects a name next.
+		if len(stack) > 0 && stack[len(stack)-1].isObject {
+			stack[len(stack)-1].wantKey = true
+		}
 	}
 }

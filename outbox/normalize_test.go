@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -280,7 +281,13 @@ func TestDecodeEvent(t *testing.T) {
 		{`{"resource": {"kind": "x"}}`, "resource.kind"},
 		{`{"occurred_at": "2026-11-25 20:30:25"}`, "occurred_at"},
 		{`{"occurred_at": "2026-11-25T20:30:25"}`, "occurred_at"},
-		{`{"recorded_at": "2026-11-25T20:30:25Z"}`, "recorded_at"},
+		{`{"recorded_at": "2026-11-25T20:30:25Z", "recorded_at": null}`, "recorded_at"},
+		{`{"action": "a.b", "source": "web", "action": "c.d"}`, "action"},
+		{`{"actor": {"type": "user", "id": "a", "id": "b"}}`, "actor.id"},
+		{`{"resource": {"type": "t", "type": "u"}}`, "resource.type"},
+		{`{"resource": {"ids": {"k": "1", "j": "2", "k": ["3"]}}}`, "resource.ids.k"},
+		{`{"details": {"a": 1, "a": 2}}`, "details"},
+		{`{"seq": }`, "event"},
 		{`{"details": [1]}`, "details"},
 		{`{"details": "x"}`, "details"},
 		{`{"unknown": 1}`, "unknown"},
@@ -294,6 +301,38 @@ func TestDecodeEvent(t *testing.T) {
 		require.True(t, ok, "%s: %v", tc.body, err)
 		require.Equal(t, tc.field, ve.Field, tc.body)
 	}
+}
+
+// TestDecodeEventIgnoresServerFields: the contract's own example event,
+// recorded_at included, and an event as GET /v1/events or the ndjson
+// export returns it (seq, hash, prev_hash) can be sent as they are; what the
+// server sets is ignored.
+func TestDecodeEventIgnoresServerFields(t *testing.T) {
+	t.Parallel()
+	body := `{"id":"01936a5e-7c1f-7b3a-9d0e-2f5c1a9b8e77","workspace_id":"ws_acme","occurred_at":"2026-11-25T20:30:25.123Z",
+	"recorded_at":"2020-01-01T00:00:00.000Z","seq":42,"hash":"ab","prev_hash":null,
+	"action":"ticket.update","actor":{"type":"user","id":"u_42"},"source":"web"}`
+	e, err := DecodeEvent([]byte(body))
+	require.NoError(t, err)
+	w, err := testRecorder(t).normalise(e, testNow)
+	require.NoError(t, err)
+	require.Equal(t, testNow.UTC().Truncate(time.Millisecond), w.recordedAt, "recorded_at is the server's")
+}
+
+// TestDecodeEventRefusesRepeatedIDKeys: past the dozen members a slice
+// holds, repeated resource id keys are still found.
+func TestDecodeEventRefusesRepeatedIDKeys(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString(`{"resource":{"ids":{`)
+	for i := range 40 {
+		fmt.Fprintf(&b, `"k%d":"v",`, i)
+	}
+	b.WriteString(`"k31":"again"}}}`)
+	_, err := DecodeEvent([]byte(b.String()))
+	ve, ok := AsValidationError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, "resource.ids.k31", ve.Field)
 }
 
 func TestLoneSurrogate(t *testing.T) {
