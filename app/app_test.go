@@ -121,6 +121,11 @@ func TestCommandsAgainstDatabase(t *testing.T) {
 	code, out, errOut = runCLI(t, "partitions", "list")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "audit_events_p20000101")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "audit_events_p20000101 ") {
+			require.Equal(t, "?", strings.Fields(line)[3], "never analysed: no estimate, not -1")
+		}
+	}
 	code, out, errOut = runCLI(t, "partitions", "prune", "--dry-run")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "would drop 1 partition(s)")

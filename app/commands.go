@@ -176,7 +176,11 @@ func runPartitions(ctx context.Context, e *env, args []string) error {
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tFROM\tTO\tROWS (approx)\tBYTES")
 			for _, p := range parts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", p.Name, p.From.UTC().Format(time.RFC3339), p.To.UTC().Format(time.RFC3339), p.Rows, p.Bytes)
+				rows := "?" // never analysed: PostgreSQL has no estimate yet
+				if p.Rows >= 0 {
+					rows = strconv.FormatInt(p.Rows, 10)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", p.Name, p.From.UTC().Format(time.RFC3339), p.To.UTC().Format(time.RFC3339), rows, p.Bytes)
 			}
 			return tw.Flush()
 		case "ensure":
