@@ -101,9 +101,26 @@ func (b *bundle) do(t *testing.T, method, path, body string, header map[string]s
 	return w
 }
 
+// errorBody checks w carries the contract's error shape, exactly the keys
+// {"error": {"code", "message", "field"}} with field a string or null, and
+// returns it.
 func errorBody(t *testing.T, w *httptest.ResponseRecorder) httperr.Detail {
 	t.Helper()
 	require.Equal(t, "application/json; charset=utf-8", w.Header().Get("Content-Type"))
+	var shape map[string]map[string]any
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &shape), w.Body.String())
+	require.Len(t, shape, 1, w.Body.String())
+	d, ok := shape["error"]
+	require.True(t, ok, w.Body.String())
+	require.Len(t, d, 3, w.Body.String())
+	require.IsType(t, "", d["code"], w.Body.String())
+	require.IsType(t, "", d["message"], w.Body.String())
+	field, ok := d["field"]
+	require.True(t, ok, "field is always present: %s", w.Body.String())
+	if field != nil {
+		require.IsType(t, "", field, w.Body.String())
+		require.NotEmpty(t, field, "no field is null, not \"\": %s", w.Body.String())
+	}
 	var eb httperr.Body
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &eb), w.Body.String())
 	return eb.Error
@@ -264,22 +281,62 @@ func TestServer(t *testing.T) {
 		require.Contains(t, w.Body.String(), `method="OTHER"`)
 		require.NotContains(t, w.Body.String(), "BREW")
 	})
+	// Every error the server writes has the contract's shape, "field"
+	// included (null when no input is named), whichever layer answers. Last,
+	// so the metrics counts above do not see these requests.
+	t.Run("every error has the contract's shape", func(t *testing.T) {
+		write := map[string]string{"Authorization": "Bearer " + writeSecret, "Content-Type": "application/json"}
+		tooMany := `{"events":[` + strings.TrimSuffix(strings.Repeat(`{},`, 1001), ",") + `]}`
+		for _, tc := range []struct {
+			name, method, path, body string
+			header                   map[string]string
+			status                   int
+			field                    string
+		}{
+			{"400 names its field", "POST", "/v1/events", `{"action":"Bad","source":"web","actor":{"type":"system"}}`, write, 400, "action"},
+			{"401", "GET", "/v1/events", "", nil, 401, ""},
+			{"403 scope", "GET", "/v1/events", "", write, 403, ""},
+			{"403 workspace", "GET", "/v1/events?workspace_id=ws_other", "", map[string]string{"Authorization": "Bearer " + readSecret}, 403, "workspace_id"},
+			{"404", "GET", "/nope", "", nil, 404, ""},
+			{"405", "PUT", "/healthz", "", nil, 405, ""},
+			{"413 batch", "POST", "/v1/events", tooMany, write, 413, "events"},
+			{"413 body", "POST", "/v1/events", strings.Repeat(" ", 5<<20+1), write, 413, ""},
+			{"415", "POST", "/v1/events", "x", map[string]string{"Authorization": "Bearer " + writeSecret, "Content-Type": "text/plain"}, 415, ""},
+			{"500 from a panic", "GET", "/app/panic", "", nil, 500, ""},
+		} {
+			w := b.do(t, tc.method, tc.path, tc.body, tc.header)
+			require.Equal(t, tc.status, w.Code, "%s: %s", tc.name, w.Body.String())
+			require.Equal(t, tc.field, errorBody(t, w).Field, tc.name)
+			if tc.field == "" {
+				require.Contains(t, w.Body.String(), `"field":null`, tc.name)
+			}
+		}
+	})
 }
 
+// TestServerDatabaseUnavailable: whether nothing listens or the server
+// refuses the connection (the database is missing, e.g. dropped), API
+// requests are 503 as /readyz is, never 500.
 func TestServerDatabaseUnavailable(t *testing.T) {
 	t.Parallel()
-	pool := apitest.DeadPool(t)
-	b := newBundle(t, pool, Config{})
-
-	// Any well-formed key: the database cannot be asked about it.
-	w := b.do(t, "POST", "/v1/events", `{"action":"a.b"}`, map[string]string{
-		"Authorization": "Bearer alk_" + strings.Repeat("A", 43), "Content-Type": "application/json"})
-	require.Equal(t, 503, w.Code, w.Body.String())
-	require.Equal(t, httperr.CodeUnavailable, errorBody(t, w).Code)
-	w = b.do(t, "GET", "/readyz", "", nil)
-	require.Equal(t, 503, w.Code)
-	w = b.do(t, "GET", "/healthz", "", nil)
-	require.Equal(t, 200, w.Code)
+	for name, pool := range map[string]*pgxpool.Pool{
+		"nothing listens":  apitest.DeadPool(t),
+		"missing database": apitest.MissingDatabasePool(t),
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := newBundle(t, pool, Config{})
+			// Any well-formed key: the database cannot be asked about it.
+			w := b.do(t, "POST", "/v1/events", `{"action":"a.b"}`, map[string]string{
+				"Authorization": "Bearer alk_" + strings.Repeat("A", 43), "Content-Type": "application/json"})
+			require.Equal(t, 503, w.Code, w.Body.String())
+			require.Equal(t, httperr.CodeUnavailable, errorBody(t, w).Code)
+			w = b.do(t, "GET", "/readyz", "", nil)
+			require.Equal(t, 503, w.Code)
+			require.Equal(t, httperr.CodeUnavailable, errorBody(t, w).Code)
+			w = b.do(t, "GET", "/healthz", "", nil)
+			require.Equal(t, 200, w.Code)
+		})
+	}
 }
 
 func TestStartShutdown(t *testing.T) {

@@ -17,7 +17,8 @@
 // auditlog_settings as 'checkpoints_cursor_key' (created by the first
 // instance that needs it). A cursor used under another workspace's key, or
 // altered, is refused with 400 field "cursor"; the query is scoped to the
-// key's workspace regardless. The page size may change between pages.
+// key's workspace regardless. An empty cursor (cursor=) is the first page,
+// as an absent one is. The page size may change between pages.
 package checkpoints
 
 import (
@@ -119,7 +120,8 @@ func (h *Handler) list(c *gin.Context) {
 		return
 	}
 	var after int64
-	if cur, ok := params[paramCursor]; ok {
+	// An absent or empty cursor (cursor=) asks for the first page.
+	if cur := params[paramCursor]; cur != "" {
 		if after, err = decodeCursor(macKey, cur, ws); err != nil {
 			httperr.BadParam(c, paramCursor, "is not a next_cursor of GET /v1/checkpoints for this workspace: pass next_cursor unchanged")
 			return

@@ -257,9 +257,9 @@ func TestBadParametersAreRefusedByName(t *testing.T) {
 		"limit=":              paramLimit,
 		"limit=+5x":           paramLimit,
 		"limit=1&limit=2":     paramLimit,
-		"cursor=":             paramCursor,
 		"cursor=abc":          paramCursor,
 		"cursor=a&cursor=b":   paramCursor,
+		"cursor=&cursor=":     paramCursor,
 		"after=1":             "after",
 		"limit=5&since=1":     "since",
 		"data=1&limit=5":      "data",
@@ -277,6 +277,12 @@ func TestBadParametersAreRefusedByName(t *testing.T) {
 		code, _ := getPage(t, b.handler, readKey("ws_a"), query)
 		require.Equal(t, http.StatusOK, code, query)
 	}
+	// An empty cursor is no cursor: the first page.
+	_, first := getPage(t, b.handler, readKey("ws_a"), "limit=1")
+	code, empty := getPage(t, b.handler, readKey("ws_a"), "limit=1&cursor=")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, first, empty)
+	require.NotNil(t, empty.NextCursor, "the first of two pages")
 	w := serve(b.handler, readKey("ws_a"), "workspace_id=ws_b")
 	require.Equal(t, http.StatusForbidden, w.Code, "another workspace is 403, as on GET /v1/events")
 	require.Contains(t, w.Body.String(), `"field":"workspace_id"`)

@@ -11,12 +11,16 @@
 // skipped; the first entry that is not trusted is the client. Entries to the
 // left of it were supplied by the client itself and are never believed.
 //
-// An entry that is not a bare IP address (empty, "ip:port", "[v6]", a zone,
-// a hostname, "unknown") stops the walk and the last good address is used,
-// which is the nearest trusted hop (or the socket peer). Our own proxies never
-// write such entries, so one can only come from the client or a
-// misconfigured hop; falling back to the nearest address we saw ourselves can
-// be wrong but never spoofed. X-Real-IP and Forwarded are never read.
+// An entry is an IPv4 or IPv6 address, optionally with the port some load
+// balancers add (Azure Application Gateway writes "203.0.113.7:5555" and
+// "[2001:db8::7]:443"); the port is dropped. An entry that cannot be read as
+// one (empty, a zone, a hostname, "unknown", "[v6]" without a port) ends the
+// walk with no address: the request's IP is unknown and is recorded as null.
+// The proxy's own address is not used in its place, since that would record
+// the load balancer as the client, and no placeholder is invented. Blank
+// header lines hold no entry and are skipped. With no entry at all, the
+// trusted peer itself is the client (a request the proxy made on its own).
+// X-Real-IP and Forwarded are never read.
 //
 // IPv4-mapped IPv6 addresses are unmapped (::ffff:192.0.2.1 is 192.0.2.1).
 package clientip
@@ -67,8 +71,9 @@ func (r *Resolver) Trusted(a netip.Addr) bool {
 }
 
 // ClientIP returns the client's address for req by the package's rule. It
-// returns the zero Addr when not even the socket address can be parsed
-// (e.g. a request not from a network socket).
+// returns the zero Addr when the client is unknown: the socket address
+// cannot be parsed (e.g. a request not from a network socket), or the
+// X-Forwarded-For entry that names the client cannot.
 func (r *Resolver) ClientIP(req *http.Request) netip.Addr {
 	peer := socketAddr(req.RemoteAddr)
 	if !peer.IsValid() || !r.Trusted(peer) {
@@ -78,15 +83,22 @@ func (r *Resolver) ClientIP(req *http.Request) netip.Addr {
 }
 
 // walk applies the right-to-left rule to the X-Forwarded-For header lines,
-// starting from the trusted socket peer.
+// starting from the trusted socket peer. It returns the zero Addr when it
+// reaches an entry it cannot parse before an untrusted one.
 func (r *Resolver) walk(peer netip.Addr, lines []string) netip.Addr {
 	last := peer
 	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Trim(lines[i], " \t") == "" {
+			continue // an empty header holds no entry
+		}
 		entries := strings.Split(lines[i], ",")
 		for j := len(entries) - 1; j >= 0; j-- {
 			a, ok := parseEntry(entries[j])
 			if !ok {
-				return last
+				// This entry stands where the client's address should
+				// be: the client is unknown. The nearest trusted hop
+				// would record our own proxy as the client.
+				return netip.Addr{}
 			}
 			if !r.Trusted(a) {
 				return a
@@ -97,12 +109,23 @@ func (r *Resolver) walk(peer netip.Addr, lines []string) netip.Addr {
 	return last
 }
 
-// parseEntry parses one X-Forwarded-For entry: a bare IPv4 or IPv6 address,
-// surrounding spaces allowed, no port, brackets or zone.
+// parseEntry parses one X-Forwarded-For entry, surrounding spaces allowed:
+// a bare IPv4 or IPv6 address, or one with a port ("203.0.113.7:5555",
+// "[2001:db8::7]:443"), whose port is dropped. Zones are refused.
 func parseEntry(s string) (netip.Addr, bool) {
 	s = strings.Trim(s, " \t")
+	// A bare IPv6 address first: its colons are not a port.
 	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
+	if err != nil {
+		// ParseAddrPort wants brackets around IPv6 and only there, and a
+		// decimal port of 0-65535.
+		ap, perr := netip.ParseAddrPort(s)
+		if perr != nil {
+			return netip.Addr{}, false
+		}
+		a = ap.Addr()
+	}
+	if a.Zone() != "" {
 		return netip.Addr{}, false
 	}
 	return a.Unmap(), true

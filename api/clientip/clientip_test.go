@@ -71,21 +71,53 @@ func TestClientIP(t *testing.T) {
 		{name: "spaces and tabs around entries", trusted: trusted, remote: "10.0.1.5:40000",
 			xff: []string{" 1.1.1.1 ,\t203.0.113.7 "}, want: "203.0.113.7"},
 
-		// Garbage stops the walk at the last good address.
-		{name: "ip:port entry stops the walk", trusted: trusted, remote: "10.0.1.5:40000",
-			xff: []string{"203.0.113.7:5555"}, want: "10.0.1.5"},
-		{name: "bracketed ipv6 stops the walk", trusted: trusted, remote: "10.0.1.5:40000",
-			xff: []string{"[2001:db8::7]"}, want: "10.0.1.5"},
+		// A port, as some load balancers add it (Azure Application
+		// Gateway), is dropped.
+		{name: "ip:port entry", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"203.0.113.7:5555"}, want: "203.0.113.7"},
+		{name: "[v6]:port entry", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"[2001:db8::7]:443"}, want: "2001:db8::7"},
+		{name: "ip:port behind trusted ip:port hops", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"1.1.1.1:1, 203.0.113.7:5555, 10.0.2.9:80, [fd00::9]:80"}, want: "203.0.113.7"},
+		{name: "mapped [v6]:port entry unmapped", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"[::ffff:203.0.113.7]:443"}, want: "203.0.113.7"},
+		{name: "trusted-looking ip:port left of the client not believed", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"10.0.9.9:1, 203.0.113.7:5555"}, want: "203.0.113.7"},
+		{name: "bare ipv6 colons are not a port", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"2001:db8::1:443"}, want: "2001:db8::1:443"},
+
+		// An entry that cannot be read where the client should be: the
+		// client is unknown (null), never the proxy's own address.
+		{name: "bracketed ipv6 without port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"[2001:db8::7]"}, want: ""},
+		{name: "bracketed ipv4 with port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"[203.0.113.7]:80"}, want: ""},
+		{name: "unbracketed ipv6 with port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"::ffff:203.0.113.7:80"}, want: ""},
+		{name: "empty port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"203.0.113.7:"}, want: ""},
+		{name: "port out of range: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"203.0.113.7:65536"}, want: ""},
+		{name: "hostname:port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"client.example:80"}, want: ""},
 		{name: "garbage left of client is never reached", trusted: trusted, remote: "10.0.1.5:40000",
 			xff: []string{"not-an-ip, 203.0.113.7"}, want: "203.0.113.7"},
-		{name: "garbage behind a trusted hop", trusted: trusted, remote: "10.0.1.5:40000",
-			xff: []string{"unknown, 10.0.2.9"}, want: "10.0.2.9"},
-		{name: "empty entry stops", trusted: trusted, remote: "10.0.1.5:40000",
-			xff: []string{"203.0.113.7,"}, want: "10.0.1.5"},
-		{name: "zone stops", trusted: trusted, remote: "10.0.1.5:40000",
-			xff: []string{"fe80::1%eth0"}, want: "10.0.1.5"},
-		{name: "empty header line", trusted: trusted, remote: "10.0.1.5:40000",
+		{name: "garbage behind a trusted hop: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"unknown, 10.0.2.9"}, want: ""},
+		{name: "empty entry: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"203.0.113.7,"}, want: ""},
+		{name: "zone: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"fe80::1%eth0"}, want: ""},
+		{name: "zone with port: unknown", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"[fe80::1%eth0]:80"}, want: ""},
+		{name: "garbage from an untrusted socket ignored", trusted: trusted, remote: "198.51.100.9:1234",
+			xff: []string{"unknown"}, want: "198.51.100.9"},
+
+		// A blank header line holds no entry.
+		{name: "empty header line: the trusted peer", trusted: trusted, remote: "10.0.1.5:40000",
 			xff: []string{""}, want: "10.0.1.5"},
+		{name: "empty header line after the client", trusted: trusted, remote: "10.0.1.5:40000",
+			xff: []string{"203.0.113.7", " "}, want: "203.0.113.7"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,6 +192,17 @@ func TestRequestContext(t *testing.T) {
 		require.Equal(t, outbox.RequestInfo{Source: "web", IP: "203.0.113.7", UserAgent: "curl/8.0", RequestID: "req_8f2c"}, info)
 		require.Equal(t, "req_8f2c", w.Header().Get(RequestIDHeader))
 	})
+	t.Run("ip:port entry", func(t *testing.T) {
+		t.Parallel()
+		info, _ := serve(t, func(req *http.Request) { req.Header.Set("X-Forwarded-For", "203.0.113.7:5555") })
+		require.Equal(t, "203.0.113.7", info.IP)
+	})
+	t.Run("unparsable client entry: no IP, not the proxy's", func(t *testing.T) {
+		t.Parallel()
+		info, _ := serve(t, func(req *http.Request) { req.Header.Set("X-Forwarded-For", "unknown") })
+		require.Equal(t, "", info.IP)
+		require.Equal(t, "web", info.Source)
+	})
 	for name, bad := range map[string]string{
 		"too long":    strings.Repeat("a", 129),
 		"space":       "req 1",
@@ -210,9 +253,12 @@ func TestRequestContext(t *testing.T) {
 }
 
 // FuzzWalk checks the X-Forwarded-For walk on arbitrary header lines: it
-// never panics, always returns a valid address, never one in a trusted range
-// unless every parsed hop was trusted, and never an address that is not the
-// socket peer or an entry of the header.
+// never panics; it returns the socket peer only when the lines hold no
+// entry; otherwise every entry right of the result is a trusted, parsable
+// hop, and the result is the first untrusted entry from the right, the
+// left-most entry when all are trusted, or no address when an unparsable
+// entry comes first. It also checks parseEntry: an accepted entry is a
+// canonical address, accepted again bare and with a port.
 func FuzzWalk(f *testing.F) {
 	f.Add("203.0.113.7", "")
 	f.Add("1.1.1.1, 203.0.113.7, 10.0.2.9", "")
@@ -222,6 +268,10 @@ func FuzzWalk(f *testing.F) {
 	f.Add("::ffff:10.0.0.1, ::ffff:203.0.113.7", "")
 	f.Add(",,,", " , ")
 	f.Add("fe80::1%eth0", "")
+	f.Add("[2001:db8::7]:443", "10.0.0.1:80")
+	f.Add("203.0.113.7:65536", "")
+	f.Add("[203.0.113.7]:80", "[fd00::1]:80")
+	f.Add("unknown", "")
 	r, err := NewResolver(prefixes(f, "10.0.0.0/8", "fd00::/8"))
 	if err != nil {
 		f.Fatal(err)
@@ -229,33 +279,42 @@ func FuzzWalk(f *testing.F) {
 	peer := netip.MustParseAddr("10.9.9.9")
 	f.Fuzz(func(t *testing.T, line1, line2 string) {
 		got := r.walk(peer, []string{line1, line2})
-		if !got.IsValid() || got.Is4In6() || got.Zone() != "" {
-			t.Fatalf("invalid result %v", got)
+		if got.IsValid() && (got.Is4In6() || got.Zone() != "") {
+			t.Fatalf("non-canonical result %v", got)
 		}
-		if got == peer {
-			return
-		}
-		found := false
-		for _, e := range strings.Split(line1+","+line2, ",") {
-			if a, ok := parseEntry(e); ok && a == got {
-				found = true
+		var entries []string
+		for _, l := range []string{line1, line2} {
+			if strings.Trim(l, " \t") != "" {
+				entries = append(entries, strings.Split(l, ",")...)
 			}
 		}
-		if !found {
-			t.Fatalf("result %v is not an entry of %q %q", got, line1, line2)
+		if len(entries) == 0 {
+			if got != peer {
+				t.Fatalf("no entries in %q %q, but %v is not the peer", line1, line2, got)
+			}
+			return
 		}
-		// Every entry right of the result must be a trusted, parsable hop.
-		entries := strings.Split(line1+","+line2, ",")
 		for i := len(entries) - 1; i >= 0; i-- {
 			a, ok := parseEntry(entries[i])
 			if !ok {
-				t.Fatalf("walked past garbage %q to %v", entries[i], got)
+				if got.IsValid() {
+					t.Fatalf("walked past garbage %q to %v", entries[i], got)
+				}
+				return
 			}
-			if a == got {
-				break
+			if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+				t.Fatalf("parseEntry(%q) = %v, not canonical", entries[i], a)
 			}
-			if !r.Trusted(a) {
-				t.Fatalf("skipped untrusted %v to reach %v", a, got)
+			for _, again := range []string{a.String(), netip.AddrPortFrom(a, 80).String()} {
+				if b, ok := parseEntry(again); !ok || b != a {
+					t.Fatalf("parseEntry(%q) = %v, %v; want %v", again, b, ok, a)
+				}
+			}
+			if !r.Trusted(a) || i == 0 {
+				if got != a {
+					t.Fatalf("walk(%q %q) = %v, want %v", line1, line2, got, a)
+				}
+				return
 			}
 		}
 	})

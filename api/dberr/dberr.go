@@ -24,8 +24,9 @@ type Kind int
 const (
 	// Internal is a bug or an unexpected server error: 500.
 	Internal Kind = iota
-	// Unavailable means the database could not be reached or did not answer
-	// in time; retrying later may succeed: 503.
+	// Unavailable means the database could not be reached, refused the
+	// connection (e.g. the database does not exist) or did not answer in
+	// time; retrying later may succeed: 503.
 	Unavailable
 	// BadInput means PostgreSQL refused a value (SQLSTATE class 22, data
 	// exception), which only client input can cause: 400.
@@ -33,12 +34,21 @@ const (
 )
 
 // Classify says what err, returned by a pgx call, means to the client.
-// Errors from PostgreSQL itself are classified by SQLSTATE; transport
-// failures (connection refused or reset, pool closed, no connection before
-// the deadline, timeouts) are Unavailable; anything else is Internal.
+// A failure to connect is Unavailable whatever its cause; other errors from
+// PostgreSQL itself are classified by SQLSTATE; transport failures
+// (connection refused or reset, pool closed, no connection before the
+// deadline, timeouts) are Unavailable; anything else is Internal.
 func Classify(err error) Kind {
 	if err == nil {
 		return Internal
+	}
+	// Checked before the SQLSTATE: a connect attempt refused by the server
+	// carries its PgError (3D000 database missing, 28xxx login refused),
+	// which is the server not being usable, as /readyz says (503), not a
+	// bug of ours.
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return Unavailable
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -53,11 +63,9 @@ func Classify(err error) Kind {
 		}
 		return Internal
 	}
-	var connErr *pgconn.ConnectError
 	var netErr net.Error
 	switch {
-	case errors.As(err, &connErr),
-		errors.As(err, &netErr),
+	case errors.As(err, &netErr),
 		errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled),
 		errors.Is(err, puddle.ErrClosedPool),

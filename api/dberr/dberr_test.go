@@ -12,8 +12,11 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/puddle/v2"
 	"github.com/stretchr/testify/require"
+
+	"github.com/auditlog/auditlog/api/internal/apitest"
 )
 
 func TestClassify(t *testing.T) {
@@ -53,11 +56,11 @@ func TestAbort(t *testing.T) {
 		body   string
 	}{
 		"unavailable": {wrap(context.DeadlineExceeded), 503,
-			`{"error":{"code":"unavailable","message":"the database is unavailable while doing x; retry later"}}`},
+			`{"error":{"code":"unavailable","message":"the database is unavailable while doing x; retry later","field":null}}`},
 		"bad input": {&pgconn.PgError{Code: "22P02", Message: "invalid input syntax"}, 400,
-			`{"error":{"code":"invalid_request","message":"the database refused a value: invalid input syntax"}}`},
+			`{"error":{"code":"invalid_request","message":"the database refused a value: invalid input syntax","field":null}}`},
 		"internal": {errors.New("secret detail"), 500,
-			`{"error":{"code":"internal","message":"internal error"}}`},
+			`{"error":{"code":"internal","message":"internal error","field":null}}`},
 	} {
 		w := httptest.NewRecorder()
 		c, _ := gin.CreateTestContext(w)
@@ -66,6 +69,39 @@ func TestAbort(t *testing.T) {
 		require.JSONEq(t, tc.body, w.Body.String(), name)
 		require.True(t, c.IsAborted(), name)
 		require.Empty(t, c.Errors, name)
+	}
+}
+
+// TestConnectFailureIsUnavailable: a server that answers but refuses the
+// connection (database missing, 3D000; login refused, 28000) makes every
+// request 503, as /readyz does, not 500: the PgError inside the connect
+// error must not be classified by its SQLSTATE.
+func TestConnectFailureIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		url   string
+		state string
+	}{
+		"missing database": {apitest.MissingDatabaseURL(t), "3D000"},
+		"missing role":     {apitest.MissingRoleURL(t), "28000"},
+	} {
+		pool, err := pgxpool.New(ctx, tc.url)
+		require.NoError(t, err, name)
+		t.Cleanup(pool.Close)
+		_, err = pool.Exec(ctx, "SELECT 1")
+		require.Error(t, err, name)
+		var pgErr *pgconn.PgError
+		require.ErrorAs(t, err, &pgErr, name)
+		require.Equal(t, tc.state, pgErr.Code, name)
+
+		require.Equal(t, Unavailable, Classify(err), name)
+		require.Equal(t, Unavailable, Classify(wrap(err)), name)
+		w := httptest.NewRecorder()
+		c, _ := gin.CreateTestContext(w)
+		Abort(c, wrap(err), "doing x")
+		require.Equal(t, 503, w.Code, name)
+		require.JSONEq(t, `{"error":{"code":"unavailable","message":"the database is unavailable while doing x; retry later","field":null}}`, w.Body.String(), name)
 	}
 }
 

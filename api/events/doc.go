@@ -26,7 +26,8 @@
 // over it, the workspace and the normalised filters, keyed by 32 random bytes
 // kept in auditlog_settings (created by the first instance that needs it).
 // A cursor used under another workspace, with other filters or altered is
-// refused with 400 field "cursor". The page size may change between pages.
+// refused with 400 field "cursor". An empty cursor (cursor=) is the first
+// page, as an absent one is. The page size may change between pages.
 //
 // # Event shape
 //

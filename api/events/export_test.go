@@ -183,6 +183,41 @@ func TestExportFormulaGuard(t *testing.T) {
 	}
 }
 
+// TestExportEmptyFieldsAreBare: every empty value is a bare empty field,
+// resource_ids of an event without resource ids included, never "" (how
+// COPY writes an empty string): "null is an empty field", one way only.
+func TestExportEmptyFieldsAreBare(t *testing.T) {
+	t.Parallel()
+	pool := newTestDB(t)
+	ts := time.Date(2026, 11, 2, 3, 4, 5, 6_000_000, time.UTC)
+	insertEvents(t, pool, []outbox.Event{{
+		WorkspaceID: "ws_a", OccurredAt: ts, Action: "ticket.update", Source: "web",
+		Actor: outbox.Actor{Type: "system"},
+	}, {
+		WorkspaceID: "ws_a", OccurredAt: ts.Add(time.Millisecond), Action: "ticket.update", Source: "web",
+		Actor: outbox.Actor{Type: "system"}, Resource: outbox.Resource{Type: "ticket", IDs: map[string]any{}},
+	}, {
+		WorkspaceID: "ws_a", OccurredAt: ts.Add(2 * time.Millisecond), Action: "ticket.update", Source: "web",
+		Actor: outbox.Actor{Type: "system"}, Resource: outbox.Resource{Type: "ticket", IDs: map[string]any{"ticket": "t_1"}},
+	}})
+	ids := slices.Index(CSVHeader, "resource_ids")
+	for _, guard := range []bool{true, false} {
+		h := newHandlers(t, pool, Config{CSVFormulaGuard: guard})
+		w := do(testRouter(h, readKey("ws_a")), "/v1/events/export", nil)
+		require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+		rows := readCSV(t, w.Body.Bytes())
+		require.Len(t, rows, 3)
+		require.Equal(t, []string{"", "", "ticket=t_1"}, []string{rows[0][ids], rows[1][ids], rows[2][ids]})
+		// No value here needs quoting, so each raw line is its fields
+		// joined: an empty field is bare.
+		lines := strings.Split(strings.TrimSuffix(w.Body.String(), "\n"), "\n")
+		require.Len(t, lines, 1+len(rows))
+		for i, row := range rows {
+			require.Equal(t, strings.Join(row, ","), lines[i+1], "guard %v, row %d", guard, i)
+		}
+	}
+}
+
 // TestInjectionThroughFilters sends hostile text through every filter of
 // both routes: free-text filters (actor_id, actor_email) match exactly the
 // one event carrying that text; constrained ones are refused; nothing is

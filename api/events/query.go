@@ -165,7 +165,8 @@ func (h *Handlers) query(c *gin.Context) {
 		return
 	}
 	var before *position
-	if cur, ok := req.own[paramCursor]; ok {
+	// An absent or empty cursor (cursor=) asks for the first page.
+	if cur := req.own[paramCursor]; cur != "" {
 		p, err := decodeCursor(key, cur, ws, req.filters)
 		if err != nil {
 			httperr.BadParam(c, paramCursor, "is not a cursor of this query: pass next_cursor unchanged, with the same filters")

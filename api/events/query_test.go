@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/auditlog/auditlog/api/auth"
+	"github.com/auditlog/auditlog/api/internal/apitest"
 )
 
 // getPage runs GET /v1/events and decodes a 200 response.
@@ -205,7 +206,6 @@ func TestQueryCursorRefused(t *testing.T) {
 		"truncated":                       with(nil, cur[:len(cur)-2]),
 		"padded":                          with(nil, cur+"="),
 		"garbage":                         with(nil, "not-a-cursor"),
-		"empty":                           with(nil, ""),
 		"standard base64":                 with(nil, base64.StdEncoding.EncodeToString(raw)),
 		"sql in cursor":                   with(nil, "'; DROP TABLE audit_events; --"),
 		"given twice":                     func() url.Values { q := with(nil, cur); q.Add("cursor", cur); return q }(),
@@ -216,6 +216,9 @@ func TestQueryCursorRefused(t *testing.T) {
 		require.Equal(t, http.StatusBadRequest, w.Code, name)
 		require.Equal(t, "cursor", decodeErr(t, w).Error.Field, name)
 	}
+
+	// An empty cursor is no cursor: the first page.
+	require.Equal(t, p, getPage(t, r, with(nil, "")))
 }
 
 // TestQueryBadParams: every bad value is a 400 naming its parameter, and
@@ -303,4 +306,24 @@ func TestCursorKeyShared(t *testing.T) {
 	var n int
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM auditlog_settings WHERE name = 'cursor_key' AND length(value) = 32`).Scan(&n))
 	require.Equal(t, 1, n)
+}
+
+// TestReadsWithoutTheDatabase: while the database is missing (dropped, or
+// not created yet) the server refuses every connection; the query and both
+// export formats are 503, as /readyz is, not 500.
+func TestReadsWithoutTheDatabase(t *testing.T) {
+	t.Parallel()
+	h := newHandlers(t, apitest.MissingDatabasePool(t), Config{})
+	r := testRouter(h, readKey("ws_a"))
+	for _, q := range []struct{ path, format string }{
+		{"/v1/events", ""}, {"/v1/events/export", "csv"}, {"/v1/events/export", "ndjson"},
+	} {
+		var v url.Values
+		if q.format != "" {
+			v = url.Values{"format": {q.format}}
+		}
+		w := do(r, q.path, v)
+		require.Equal(t, http.StatusServiceUnavailable, w.Code, "%s %s: %s", q.path, q.format, w.Body.String())
+		require.Equal(t, "unavailable", decodeErr(t, w).Error.Code, q.path)
+	}
 }

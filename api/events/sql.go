@@ -154,13 +154,15 @@ func querySQL(workspace string, f Filters, before *position, limit int) (string,
 // Export columns, in the contract's order, named as the contract's header.
 // ORDER BY and WHERE use the qualified e.* columns: an unqualified
 // occurred_at in ORDER BY would mean the to_char output column and defeat
-// the index order.
+// the index order. resource_ids_flat is the empty string for an event
+// without resource ids, which COPY would write as "" where every other
+// empty value is a bare empty field; NULLIF makes it null, written bare.
 const (
 	exportColumnsPlain = `e.id,
        to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS occurred_at,
        to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS recorded_at,
        e.workspace_id, e.action, e.actor_type, e.actor_id, e.actor_email, e.actor_name,
-       e.resource_type, e.resource_ids_flat AS resource_ids, e.source, host(e.ip) AS ip,
+       e.resource_type, NULLIF(e.resource_ids_flat, '') AS resource_ids, e.source, host(e.ip) AS ip,
        e.user_agent, e.request_id, e.details`
 	// Every text cell that can start with a spreadsheet formula trigger
 	// goes through auditlog_csv_guard (migrations 00002, 00006), which
@@ -178,7 +180,7 @@ const (
        auditlog_csv_guard(e.actor_email) AS actor_email,
        auditlog_csv_guard(e.actor_name) AS actor_name,
        auditlog_csv_guard(e.resource_type) AS resource_type,
-       e.resource_ids_flat AS resource_ids,
+       NULLIF(e.resource_ids_flat, '') AS resource_ids,
        e.source,
        host(e.ip) AS ip,
        auditlog_csv_guard(e.user_agent) AS user_agent,

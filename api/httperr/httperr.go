@@ -1,8 +1,11 @@
 // Package httperr writes the API's one error shape:
-// {"error": {"code": "...", "message": "...", "field": "..."}}.
+// {"error": {"code": "...", "message": "...", "field": "..."}}, with
+// "field": null when the error names no input. Every error body of the
+// server goes through Abort, so all of them have this shape.
 package httperr
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -14,11 +17,26 @@ type Body struct {
 	Error Detail `json:"error"`
 }
 
-// Detail describes one error. Field names the offending input, when there is one.
+// Detail describes one error. Field names the offending input, when there
+// is one; "" is written as null (see MarshalJSON).
 type Detail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
-	Field   string `json:"field,omitempty"`
+	Field   string `json:"field"`
+}
+
+// MarshalJSON writes d with the key "field" always present, null when d
+// names no input: clients read one shape whatever the status.
+func (d Detail) MarshalJSON() ([]byte, error) {
+	var field *string
+	if d.Field != "" {
+		field = &d.Field
+	}
+	return json.Marshal(struct {
+		Code    string  `json:"code"`
+		Message string  `json:"message"`
+		Field   *string `json:"field"`
+	}{d.Code, d.Message, field})
 }
 
 // Codes used across the API.
