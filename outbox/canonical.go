@@ -28,7 +28,11 @@ func appendFlatIDs(dst []byte, ids []idEntry) []byte {
 		}
 		dst = appendFlat(dst, ids[i].key)
 		dst = append(dst, '=')
-		for j, v := range ids[i].values() {
+		if ids[i].single {
+			dst = appendFlat(dst, ids[i].one)
+			continue
+		}
+		for j, v := range ids[i].vals {
 			if j > 0 {
 				dst = append(dst, ',')
 			}
@@ -40,21 +44,23 @@ func appendFlatIDs(dst []byte, ids []idEntry) []byte {
 
 func appendFlat(dst []byte, s string) []byte {
 	const hex = "0123456789ABCDEF"
+	// Runs of bytes that need no escape are appended whole.
+	start := 0
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; c {
 		case '%', ';', ',', '=':
+			dst = append(dst, s[start:i]...)
 			dst = append(dst, '%', hex[c>>4], hex[c&0xF])
-		default:
-			dst = append(dst, c)
+			start = i + 1
 		}
 	}
-	return dst
+	return append(dst, s[start:]...)
 }
 
 // FlattenResourceIDs normalises ids exactly as recording does and returns
 // the flattened form; an empty or nil map flattens to "".
 func FlattenResourceIDs(ids map[string]any) (string, error) {
-	norm, err := normaliseIDs(ids)
+	norm, err := normaliseIDs(nil, ids)
 	if err != nil {
 		return "", err
 	}

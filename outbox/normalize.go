@@ -3,12 +3,14 @@ package outbox
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -35,6 +37,7 @@ const (
 )
 
 // row is an event in its stored form, exactly the columns of audit_outbox.
+// Its pointer fields (nil is NULL) point into a rowText.
 type row struct {
 	id              uuid.UUID
 	workspaceID     string
@@ -55,24 +58,101 @@ type row struct {
 	details         *string
 }
 
+// rowText holds the values a row's pointer fields point at, so the
+// nullable columns of a row cost one allocation (normaliseAll: one for the
+// whole batch) rather than one per non-null field.
+type rowText struct {
+	actorID, actorEmail, actorName string
+	resourceType, resourceIDs      string
+	userAgent, requestID, details  string
+	ip                             netip.Addr
+}
+
+// scratch is working memory a normalising goroutine reuses from one event
+// to the next: the resource ids being sorted, and the text derived from the
+// event (stored resource ids, their flat form, details) before it becomes
+// one string.
+type scratch struct {
+	ids []idEntry
+	buf []byte
+}
+
+// scratchPool keeps scratch between calls, so single events (Record,
+// Queue, Validate) and batches do not grow new buffers every time.
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// maxScratchBuf bounds the buffer a pooled scratch keeps: details are
+// canonicalised before their size is checked, and an oversized one must
+// not stay pinned in the pool.
+const maxScratchBuf = 64 << 10
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// putScratch returns sc to the pool, without the last event's strings.
+func putScratch(sc *scratch) {
+	clear(sc.ids[:cap(sc.ids)])
+	if cap(sc.buf) > maxScratchBuf {
+		sc.buf = nil
+	}
+	scratchPool.Put(sc)
+}
+
+// recordTime is a recording time and the occurred_at window it accepts,
+// computed once per batch rather than once per event.
+type recordTime struct {
+	now      time.Time // UTC, truncated to milliseconds
+	latest   time.Time // now + maxFutureSkew
+	earliest time.Time // now - the retention window
+}
+
+func (r *Recorder) recordTime(now time.Time) recordTime {
+	now = now.UTC().Truncate(time.Millisecond)
+	rt := recordTime{now: now, latest: now.Add(maxFutureSkew)}
+	// In UTC a day is always 24 hours, so subtracting them gives AddDate's
+	// instant without its calendar arithmetic, which showed in profiles of
+	// Record; AddDate still takes windows a Duration cannot hold.
+	if days := r.opts.RetentionDays; days <= maxDurationDays {
+		rt.earliest = now.Add(-time.Duration(days) * 24 * time.Hour)
+	} else {
+		rt.earliest = now.AddDate(0, 0, -days)
+	}
+	return rt
+}
+
+// maxDurationDays is the most days a time.Duration holds.
+const maxDurationDays = int(math.MaxInt64 / int64(24*time.Hour))
+
 // normalise validates e (already merged with its context) and converts it to
 // its stored form. now is the recording time.
 func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	var out row
-	now = now.UTC().Truncate(time.Millisecond)
-	out.recordedAt = now
+	sc := getScratch()
+	err := r.normaliseTo(&out, new(rowText), sc, &e, r.recordTime(now))
+	putScratch(sc)
+	return out, err
+}
+
+// normaliseTo is normalise writing the row to out, the values of its
+// pointer fields to t, with sc as working memory. Checks run in field
+// order, so the first invalid field is the one reported.
+func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt recordTime) error {
+	out.recordedAt = rt.now
 
 	// id
 	if e.ID == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
-			return out, fmt.Errorf("generating event id: %w", err)
+			return fmt.Errorf("generating event id: %w", err)
 		}
 		out.id = id
 	} else {
+		// Only the 36-character form; uuid.Parse also takes others.
+		if len(e.ID) != 36 {
+			return invalid("id", "must be a UUID in its 36-character form")
+		}
 		id, err := uuid.Parse(e.ID)
-		if err != nil || len(e.ID) != 36 {
-			return out, invalid("id", "must be a UUID in its 36-character form")
+		if err != nil {
+			return invalid("id", "must be a UUID in its 36-character form")
 		}
 		out.id = id
 	}
@@ -80,70 +160,72 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	// workspace_id
 	ws := strings.TrimSpace(e.WorkspaceID)
 	if ws == "" {
-		return out, invalid("workspace_id", "is required")
+		return invalid("workspace_id", "is required")
 	}
 	if !ValidWorkspaceID(ws) {
-		return out, invalid("workspace_id", "must be 1-%d characters of A-Z a-z 0-9 . _ : -", maxWorkspaceLen)
+		return invalid("workspace_id", "must be 1-%d characters of A-Z a-z 0-9 . _ : -", maxWorkspaceLen)
 	}
 	out.workspaceID = ws
 
 	// occurred_at
 	if e.OccurredAt.IsZero() {
-		out.occurredAt = now
+		out.occurredAt = rt.now
 	} else {
-		t := e.OccurredAt.UTC().Truncate(time.Millisecond)
-		if t.After(now.Add(maxFutureSkew)) {
-			return out, invalid("occurred_at", "is more than 5 minutes in the future")
+		at := e.OccurredAt.UTC().Truncate(time.Millisecond)
+		if at.After(rt.latest) {
+			return invalid("occurred_at", "is more than 5 minutes in the future")
 		}
-		if t.Before(now.AddDate(0, 0, -r.opts.RetentionDays)) {
-			return out, invalid("occurred_at", "is older than the retention window of %d days", r.opts.RetentionDays)
+		if at.Before(rt.earliest) {
+			return invalid("occurred_at", "is older than the retention window of %d days", r.opts.RetentionDays)
 		}
-		out.occurredAt = t
+		out.occurredAt = at
 	}
 
 	// action
 	if e.Action == "" {
-		return out, invalid("action", "is required")
+		return invalid("action", "is required")
 	}
 	if !ValidAction(e.Action) {
-		return out, invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", maxActionLen)
+		return invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", maxActionLen)
 	}
 	out.action = e.Action
 
 	// actor
-	if err := normaliseActor(e.Actor, &out); err != nil {
-		return out, err
+	if err := normaliseActor(&e.Actor, out, t); err != nil {
+		return err
 	}
 
 	// resource
 	if e.Resource.Type != "" {
 		if !ValidResourceType(e.Resource.Type) {
-			return out, invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
+			return invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
 		}
-		rt := e.Resource.Type // a copy: &e.Resource.Type would move all of e to the heap
-		out.resourceType = &rt
+		t.resourceType = e.Resource.Type
+		out.resourceType = &t.resourceType
 	}
-	ids, err := normaliseIDs(e.Resource.IDs)
+	ids, err := normaliseIDs(sc.ids[:0], e.Resource.IDs)
+	sc.ids = ids[:0]
 	if err != nil {
-		return out, err
+		return err
 	}
+	// The derived text goes into sc.buf: stored ids, then their flat form,
+	// then details; one string of it all is made at the end.
+	buf := sc.buf[:0]
 	if len(ids) > 0 {
-		// Both forms in one allocation.
-		buf := appendCanonicalIDs(make([]byte, 0, 256), ids)
-		n := len(buf)
-		all := string(appendFlatIDs(buf, ids))
-		s := all[:n]
-		out.resourceIDs = &s
-		out.resourceIDsFlat = all[n:]
+		buf = appendCanonicalIDs(buf, ids)
 	}
+	idsEnd := len(buf)
+	buf = appendFlatIDs(buf, ids)
+	flatEnd := len(buf)
+	sc.buf = buf
 
 	// source
 	src := strings.ToLower(strings.TrimSpace(e.Source))
 	if src == "" {
-		return out, invalid("source", "is required")
+		return invalid("source", "is required")
 	}
 	if !ValidSource(src) {
-		return out, invalid("source", "must be 1-%d characters of a-z 0-9 _", maxSourceLen)
+		return invalid("source", "must be 1-%d characters of a-z 0-9 _", maxSourceLen)
 	}
 	out.source = src
 
@@ -151,42 +233,60 @@ func (r *Recorder) normalise(e Event, now time.Time) (row, error) {
 	if ipText := strings.TrimSpace(e.IP); ipText != "" && !r.nullIP[src] {
 		addr, err := netip.ParseAddr(ipText)
 		if err != nil || addr.Zone() != "" {
-			return out, invalid("ip", "must be an IPv4 or IPv6 address without zone")
+			return invalid("ip", "must be an IPv4 or IPv6 address without zone")
 		}
-		addr = addr.Unmap()
-		out.ip = &addr
+		t.ip = addr.Unmap()
+		out.ip = &t.ip
 	}
 
 	// user_agent, request_id: truncated, not refused
-	if s, err := optionalText("user_agent", e.UserAgent, maxUserAgent); err != nil {
-		return out, err
-	} else {
-		out.userAgent = s
+	ua, err := optionalText("user_agent", e.UserAgent, maxUserAgent)
+	if err != nil {
+		return err
 	}
-	if s, err := optionalText("request_id", e.RequestID, maxRequestID); err != nil {
-		return out, err
-	} else {
-		out.requestID = s
+	if ua != "" {
+		t.userAgent = ua
+		out.userAgent = &t.userAgent
+	}
+	rid, err := optionalText("request_id", e.RequestID, maxRequestID)
+	if err != nil {
+		return err
+	}
+	if rid != "" {
+		t.requestID = rid
+		out.requestID = &t.requestID
 	}
 
 	// details
+	hasDetails := false
 	if e.Details != nil {
-		canon, err := canonicalDetails(e.Details)
+		buf, hasDetails, err = appendDetails(buf, e.Details)
 		if err != nil {
-			return out, invalid("details", "%v", err)
+			return invalid("details", "%v", err)
 		}
-		if canon != nil {
-			if len(canon) > r.opts.MaxDetailsBytes {
-				return out, invalid("details", "is %d bytes once canonicalised, more than the limit of %d", len(canon), r.opts.MaxDetailsBytes)
-			}
-			s := string(canon)
-			out.details = &s
+		if n := len(buf) - flatEnd; hasDetails && n > r.opts.MaxDetailsBytes {
+			sc.buf = buf
+			return invalid("details", "is %d bytes once canonicalised, more than the limit of %d", n, r.opts.MaxDetailsBytes)
+		}
+		sc.buf = buf
+	}
+
+	if len(buf) > 0 {
+		all := string(buf)
+		if len(ids) > 0 {
+			t.resourceIDs = all[:idsEnd]
+			out.resourceIDs = &t.resourceIDs
+		}
+		out.resourceIDsFlat = all[idsEnd:flatEnd]
+		if hasDetails {
+			t.details = all[flatEnd:]
+			out.details = &t.details
 		}
 	}
-	return out, nil
+	return nil
 }
 
-func normaliseActor(a Actor, out *row) error {
+func normaliseActor(a *Actor, out *row, t *rowText) error {
 	if a.Type == "" {
 		return invalid("actor.type", "is required")
 	}
@@ -200,32 +300,38 @@ func normaliseActor(a Actor, out *row) error {
 		return err
 	}
 	if id := strings.TrimSpace(a.ID); id != "" {
-		if utf8.RuneCountInString(id) > maxActorIDLen {
+		// A string has at most as many characters as bytes: only a long
+		// one needs counting.
+		if len(id) > maxActorIDLen && utf8.RuneCountInString(id) > maxActorIDLen {
 			return invalid("actor.id", "must be at most %d characters", maxActorIDLen)
 		}
-		out.actorID = &id
+		t.actorID = id
+		out.actorID = &t.actorID
 	}
 	if err := checkText("actor.email", a.Email); err != nil {
 		return err
 	}
+	// strings.ToLower returns its argument, unallocated, when there is
+	// nothing to lower.
 	if email := strings.ToLower(strings.TrimSpace(a.Email)); email != "" {
 		if len(email) > maxEmailLen {
 			return invalid("actor.email", "must be at most %d characters", maxEmailLen)
 		}
-		at := strings.IndexByte(email, '@')
-		if strings.Count(email, "@") != 1 || at == 0 || at == len(email)-1 || strings.ContainsAny(email, " \t\r\n") {
+		if !oneAt(email) {
 			return invalid("actor.email", "must be an address with one @")
 		}
-		out.actorEmail = &email
+		t.actorEmail = email
+		out.actorEmail = &t.actorEmail
 	}
 	if err := checkText("actor.name", a.Name); err != nil {
 		return err
 	}
 	if name := strings.TrimSpace(a.Name); name != "" {
-		if utf8.RuneCountInString(name) > maxActorNameLen {
+		if len(name) > maxActorNameLen && utf8.RuneCountInString(name) > maxActorNameLen {
 			return invalid("actor.name", "must be at most %d characters", maxActorNameLen)
 		}
-		out.actorName = &name
+		t.actorName = name
+		out.actorName = &t.actorName
 	}
 	if a.Type == ActorUser && out.actorID == nil && out.actorEmail == nil {
 		return invalid("actor", "a user actor needs an id or an email")
@@ -233,24 +339,49 @@ func normaliseActor(a Actor, out *row) error {
 	return nil
 }
 
-// checkText refuses strings PostgreSQL text cannot hold or that are not text.
-func checkText(field, s string) error {
+// oneAt reports whether email has exactly one '@', neither first nor
+// last, and no space, tab, CR or LF: one pass over it.
+func oneAt(email string) bool {
+	at := -1
+	for i := 0; i < len(email); i++ {
+		switch email[i] {
+		case '@':
+			if at >= 0 {
+				return false
+			}
+			at = i
+		case ' ', '\t', '\r', '\n':
+			return false
+		}
+	}
+	return at > 0 && at < len(email)-1
+}
+
+// textProblem says why PostgreSQL text cannot hold s, or "" when it can.
+// Callers build the field name of their error only when there is one.
+func textProblem(s string) string {
 	if !utf8.ValidString(s) {
-		return invalid(field, "is not valid UTF-8")
+		return "is not valid UTF-8"
 	}
 	if strings.IndexByte(s, 0) >= 0 {
-		return invalid(field, "contains a NUL character")
+		return "contains a NUL character"
+	}
+	return ""
+}
+
+// checkText refuses strings PostgreSQL text cannot hold or that are not text.
+func checkText(field, s string) error {
+	if p := textProblem(s); p != "" {
+		return invalid(field, "%s", p)
 	}
 	return nil
 }
 
-// optionalText validates s and truncates it at a UTF-8 boundary to max bytes.
-func optionalText(field, s string, max int) (*string, error) {
+// optionalText validates s and truncates it at a UTF-8 boundary to max
+// bytes; "" is none (a non-empty s never truncates to "").
+func optionalText(field, s string, max int) (string, error) {
 	if err := checkText(field, s); err != nil {
-		return nil, err
-	}
-	if s == "" {
-		return nil, nil
+		return "", err
 	}
 	if len(s) > max {
 		cut := max
@@ -259,7 +390,7 @@ func optionalText(field, s string, max int) (*string, error) {
 		}
 		s = s[:cut]
 	}
-	return &s, nil
+	return s, nil
 }
 
 // idEntry is one resource id key, normalised: a lone string or number
@@ -272,30 +403,21 @@ type idEntry struct {
 	vals   []string
 }
 
-// values returns the entry's values as a list.
-func (e *idEntry) values() []string {
-	if e.single {
-		return []string{e.one}
-	}
-	return e.vals
-}
-
-// normaliseIDs checks resource ids and converts every value to strings,
-// sorted by key.
-func normaliseIDs(ids map[string]any) ([]idEntry, error) {
+// normaliseIDs checks resource ids, converts every value to strings and
+// appends them to out, sorted by key.
+func normaliseIDs(out []idEntry, ids map[string]any) ([]idEntry, error) {
 	if len(ids) == 0 {
-		return nil, nil
+		return out, nil
 	}
 	if len(ids) > maxIDKeys {
-		return nil, invalid("resource.ids", "has more than %d keys", maxIDKeys)
+		return out, invalid("resource.ids", "has more than %d keys", maxIDKeys)
 	}
-	out := make([]idEntry, 0, len(ids))
 	for k, v := range ids {
 		if !validResourceKey(k) {
-			return nil, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
+			return out, invalid("resource.ids", "key %q must be 1-64 characters of a-z 0-9 _", k)
 		}
 		if s, ok, err := idScalar(k, v); err != nil {
-			return nil, err
+			return out, err
 		} else if ok {
 			out = append(out, idEntry{key: k, single: true, one: s})
 			continue
@@ -315,11 +437,16 @@ func normaliseIDs(ids map[string]any) ([]idEntry, error) {
 			err = invalid("resource.ids."+k, "must be a string, a number or an array of those")
 		}
 		if err != nil {
-			return nil, err
+			return out, err
 		}
 		out = append(out, idEntry{key: k, vals: list})
 	}
-	slices.SortFunc(out, func(a, b idEntry) int { return strings.Compare(a.key, b.key) })
+	// Insertion sort: a few keys, all distinct, compared directly.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].key < out[j-1].key; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
 	return out, nil
 }
 
@@ -349,8 +476,8 @@ func idList[T any](key string, items []T) ([]string, error) {
 func idScalar(key string, v any) (s string, ok bool, err error) {
 	switch x := v.(type) {
 	case string:
-		if err := checkText("resource.ids."+key, x); err != nil {
-			return "", false, err
+		if p := textProblem(x); p != "" {
+			return "", false, invalid("resource.ids."+key, "%s", p)
 		}
 		s = x
 	case json.Number:
@@ -416,9 +543,9 @@ func isIntegerLiteral(lit string) bool {
 	return true
 }
 
-// canonicalDetails returns a caller's details value in RFC 8785 form; nil
-// means no details (a JSON null counts as none too).
-func canonicalDetails(d any) ([]byte, error) {
+// appendDetails appends a caller's details value in RFC 8785 form to dst;
+// ok is false when there are none (nil, or a JSON null).
+func appendDetails(dst []byte, d any) (out []byte, ok bool, err error) {
 	var raw []byte
 	switch v := d.(type) {
 	case json.RawMessage:
@@ -426,30 +553,41 @@ func canonicalDetails(d any) ([]byte, error) {
 	case []byte:
 		raw = v
 	case string:
-		return nil, fmt.Errorf("must be a JSON object, not a string")
+		return dst, false, errors.New("must be a JSON object, not a string")
 	case map[string]any:
 		if v == nil {
-			return nil, nil
+			return dst, false, nil
 		}
-		return canonicalFromGo(v)
+		canon, err := canonicalFromGo(v)
+		if err != nil || canon == nil {
+			return dst, false, err
+		}
+		return append(dst, canon...), true, nil
 	default:
 		canon, err := canonicalFromGo(v)
 		if err != nil {
-			return nil, err
+			return dst, false, err
 		}
 		if string(canon) == "null" {
-			return nil, nil
+			return dst, false, nil
 		}
 		if len(canon) == 0 || canon[0] != '{' {
-			return nil, fmt.Errorf("must be a JSON object")
+			return dst, false, errors.New("must be a JSON object")
 		}
-		return canon, nil
+		return append(dst, canon...), true, nil
 	}
-	if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
-		return nil, nil
+	// An object starts with '{' at once, as it almost always does, or
+	// after spaces; anything else may be empty or null.
+	if len(raw) == 0 || raw[0] != '{' {
+		if t := bytes.TrimSpace(raw); len(t) == 0 || string(t) == "null" {
+			return dst, false, nil
+		}
 	}
 	if isCanonicalObject(raw) {
-		return raw, nil
+		return append(dst, raw...), true, nil
 	}
-	return canonicalJSON(raw)
+	if out, err = appendCanonicalJSON(dst, raw); err != nil {
+		return dst, false, err
+	}
+	return out, true, nil
 }

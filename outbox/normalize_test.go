@@ -4,10 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 )
 
@@ -369,4 +374,187 @@ func TestCanonicalRFC8785Examples(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u0080\":\"Control\",\"ö\":\"Latin Small Letter O With Diaeresis\","+
 		"\"€\":\"Euro Sign\",\"😀\":\"Emoji: Grinning Face\",\"דּ\":\"Hebrew Letter Dalet With Dagesh\"}", string(out))
+}
+
+// benchEvents builds n varied events shaped like the pipeline bench's
+// (app/bench/gen.go, (*genEvent).event): a caller-supplied UUIDv7, an
+// occurred_at in the last month, an actor with id, email and name, two or
+// three resource ids, and a few hundred bytes of canonical JSON details.
+func benchEvents(n int, now time.Time) []Event {
+	rng := rand.New(rand.NewPCG(1, 2))
+	kinds := []struct {
+		action, resource string
+		keys             []string
+	}{
+		{"ticket.update", "ticket", []string{"channel", "ticket"}},
+		{"ticket.create", "ticket", []string{"channel", "team", "ticket"}},
+		{"ticket.assign", "ticket", []string{"member", "ticket"}},
+		{"member.login", "member", []string{"member", "team"}},
+		{"automation.run", "automation", []string{"automation", "ticket"}},
+		{"setting.update", "setting", []string{"setting", "team"}},
+	}
+	words := strings.Fields("customer reports that the invoice export fails after upgrade please check billing " +
+		"settings for this account and reply urgent login issue on mobile app password reset link expired refund")
+	sentence := func(b []byte, lo, hi int) []byte {
+		for i := range lo + rng.IntN(hi-lo+1) {
+			if i > 0 {
+				b = append(b, ' ')
+			}
+			b = append(b, words[rng.IntN(len(words))]...)
+		}
+		return b
+	}
+	es := make([]Event, n)
+	for i := range es {
+		at := now.Add(-time.Duration(rng.Int64N(int64(30 * 24 * time.Hour)))).Truncate(time.Millisecond)
+		var id uuid.UUID
+		ms := uint64(at.UnixMilli())
+		for j := range 6 {
+			id[j] = byte(ms >> (40 - 8*j))
+		}
+		for j := 6; j < 16; j++ {
+			id[j] = byte(rng.Uint32())
+		}
+		id[6], id[8] = 0x70|id[6]&0x0f, 0x80|id[8]&0x3f
+		ws := "ws_" + strconv.Itoa(rng.IntN(20))
+		k := kinds[rng.IntN(len(kinds))]
+		ids := make(map[string]any, len(k.keys))
+		for _, key := range k.keys {
+			ids[key] = key[:1] + "_" + strconv.Itoa(rng.IntN(1_000_000))
+		}
+		e := Event{
+			ID: id.String(), WorkspaceID: ws, OccurredAt: at, Action: k.action,
+			Resource: Resource{Type: k.resource, IDs: ids},
+		}
+		switch u := rng.IntN(200); rng.IntN(10) {
+		case 0:
+			e.Actor = Actor{Type: ActorService, ID: "svc_billing", Name: "billing"}
+			e.Source = "workflow"
+		case 1:
+			e.Actor = Actor{Type: ActorAPIKey, ID: "key_" + strconv.Itoa(u%5), Name: "integration"}
+			e.Source = "api"
+			e.IP = netip.AddrFrom4([4]byte{10, byte(u), 7, 1}).String()
+			e.UserAgent = "acme-sync/2.3.1 (+https://acme.example/bot)"
+			e.RequestID = "req_" + strconv.FormatUint(rng.Uint64()|1<<63, 16)
+		case 2:
+			e.Actor = Actor{Type: ActorUser, ID: "u_" + strconv.Itoa(u), Email: "user" + strconv.Itoa(u) + "@" + ws + ".example", Name: "User Liddell"}
+			e.Source = "slack"
+			e.UserAgent = "Slackbot 1.0 (+https://api.slack.com/robots)"
+			e.RequestID = "req_" + strconv.FormatUint(rng.Uint64()|1<<63, 16)
+		default:
+			e.Actor = Actor{Type: ActorUser, ID: "u_" + strconv.Itoa(u), Email: "user" + strconv.Itoa(u) + "@" + ws + ".example", Name: "User Liddell"}
+			e.Source = "web"
+			e.IP = netip.AddrFrom4([4]byte{203, 0, byte(u), byte(1 + rng.IntN(254))}).String()
+			e.UserAgent = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0"
+			e.RequestID = "req_" + strconv.FormatUint(rng.Uint64()|1<<63, 16)
+		}
+		b := []byte(`{"changes":{"status":{"from":"open","to":"closed"},"subject":{"from":"`)
+		b = sentence(b, 4, 10)
+		b = append(b, `","to":"`...)
+		b = sentence(b, 4, 10)
+		b = append(b, `"},"tags":{"from":["billing"],"to":["billing","vip"]}},"client":{"app_version":"4.`...)
+		b = strconv.AppendInt(b, int64(rng.IntN(20)), 10)
+		b = append(b, `.0","locale":"en-GB","platform":"`...)
+		b = append(b, e.Source...)
+		b = append(b, `"},"note":"`...)
+		b = sentence(b, 8, 24)
+		b = append(b, `","ticket_number":`...)
+		b = strconv.AppendInt(b, int64(1000+rng.IntN(900_000)), 10)
+		e.Details = json.RawMessage(append(b, '}'))
+		es[i] = e
+	}
+	return es
+}
+
+// BenchmarkNormaliseEvent measures normalisation alone (no JSON decoding)
+// of bench-shaped events, one event per op: the per-event work RecordBatch
+// does before its COPY.
+func BenchmarkNormaliseEvent(b *testing.B) {
+	r, err := New(Options{Now: func() time.Time { return testNow }})
+	require.NoError(b, err)
+	es := benchEvents(1000, testNow)
+	for i := range es {
+		_, err := r.normalise(es[i], testNow)
+		require.NoError(b, err, "event %d", i)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := r.normalise(es[i], testNow); err != nil {
+			b.Fatal(err)
+		}
+		if i++; i == len(es) {
+			i = 0
+		}
+	}
+}
+
+// BenchmarkNormaliseAll measures RecordBatch's normalisation of a batch of
+// bench-shaped events: 500 on one goroutine, 1000 split across GOMAXPROCS
+// (normaliseAll). ns/event is the wall time per event.
+func BenchmarkNormaliseAll(b *testing.B) {
+	r, err := New(Options{Now: func() time.Time { return testNow }})
+	require.NoError(b, err)
+	all := benchEvents(1000, testNow)
+	ctx := context.Background()
+	for _, n := range []int{500, 1000} {
+		b.Run("n="+strconv.Itoa(n), func(b *testing.B) {
+			es := all[:n]
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := r.normaliseAll(ctx, es); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
+		})
+	}
+}
+
+// normaliseAll stores what normalise does, event by event, on one
+// goroutine or several, with the rows' values shared per batch.
+func TestNormaliseAllMatchesNormalise(t *testing.T) {
+	t.Parallel()
+	r := testRecorder(t)
+	es := benchEvents(1200, testNow)
+	es[7].Details = json.RawMessage(` {"b": 1, "a": [1.50, "\u00e9"]} `) // not canonical
+	es[8].Resource.IDs = map[string]any{"t": []any{"b", 2, "a", "b"}, "odd": "a;b"}
+	es[9].Actor.Email = " Bob@Example.COM "
+	for _, n := range []int{100, len(es)} { // sequential, then split
+		rows, err := r.normaliseAll(context.Background(), es[:n])
+		require.NoError(t, err)
+		for i := range n {
+			w, err := r.normalise(es[i], testNow)
+			require.NoError(t, err)
+			require.Equal(t, rowStrings(w), rowStrings(rows[i]), "event %d", i)
+		}
+	}
+	bad := slices.Clone(es)
+	bad[700].Actor.Email = "no-at"
+	bad[900].Action = "x"
+	_, err := r.normaliseAll(context.Background(), bad)
+	ve, ok := AsValidationError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, 700, ve.Index, "the first invalid event is reported")
+	require.Equal(t, "actor.email", ve.Field)
+}
+
+// The retention window starts exactly the configured number of days before
+// the recording time, however long it is.
+func TestRetentionBoundary(t *testing.T) {
+	t.Parallel()
+	now := testNow.Truncate(time.Millisecond)
+	for _, days := range []int{1, 365, 200_000} { // the last beyond a time.Duration
+		r, err := New(Options{RetentionDays: days, Now: func() time.Time { return testNow }})
+		require.NoError(t, err)
+		e := validEvent()
+		e.OccurredAt = now.AddDate(0, 0, -days)
+		_, err = r.normalise(e, testNow)
+		require.NoError(t, err, "%d days: the first instant of the window", days)
+		e.OccurredAt = e.OccurredAt.Add(-time.Millisecond)
+		_, err = r.normalise(e, testNow)
+		ve, ok := AsValidationError(err)
+		require.True(t, ok, "%d days: %v", days, err)
+		require.Equal(t, "occurred_at", ve.Field)
+	}
 }

@@ -187,22 +187,28 @@ const parallelChunk = 256
 // split across the available CPUs: on the bench machine normalising took a
 // third of RecordBatch's time, single-threaded, before the COPY could start.
 func (r *Recorder) normaliseAll(ctx context.Context, es []Event) ([]row, error) {
-	now := r.opts.Now()
-	// The context is the same for every event: look its values up once.
+	// The recording time, its occurred_at window and the context's values
+	// are the same for every event: work them out once.
+	rt := r.recordTime(r.opts.Now())
 	cx := contextOf(ctx)
 	rows := make([]row, len(es))
-	// run normalises es[lo:hi] and returns the first error there.
+	// The values behind the rows' pointer fields, for the whole batch in
+	// one allocation rather than some per event.
+	texts := make([]rowText, len(es))
+	// run normalises es[lo:hi] and returns the first error there. Each
+	// goroutine reuses one scratch for all its events.
 	run := func(lo, hi int) error {
+		sc := getScratch()
+		defer putScratch(sc)
 		for i := lo; i < hi; i++ {
-			w, err := r.normalise(cx.fill(es[i]), now)
-			if err != nil {
+			e := cx.fill(es[i])
+			if err := r.normaliseTo(&rows[i], &texts[i], sc, &e, rt); err != nil {
 				var ve *ValidationError
 				if errors.As(err, &ve) {
 					ve.Index = i
 				}
 				return err
 			}
-			rows[i] = w
 		}
 		return nil
 	}
