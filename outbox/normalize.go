@@ -229,14 +229,17 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 	}
 	out.source = src
 
-	// ip: null for relayed sources whatever was supplied
-	if ipText := strings.TrimSpace(e.IP); ipText != "" && !r.nullIP[src] {
+	// ip: checked whatever the source (bad input is refused, not
+	// dropped), then stored null for relayed sources.
+	if ipText := strings.TrimSpace(e.IP); ipText != "" {
 		addr, err := netip.ParseAddr(ipText)
 		if err != nil || addr.Zone() != "" {
 			return invalid("ip", "must be an IPv4 or IPv6 address without zone")
 		}
-		t.ip = addr.Unmap()
-		out.ip = &t.ip
+		if !r.nullIP[src] {
+			t.ip = addr.Unmap()
+			out.ip = &t.ip
+		}
 	}
 
 	// user_agent, request_id: truncated, not refused
@@ -314,7 +317,7 @@ func normaliseActor(a *Actor, out *row, t *rowText) error {
 	// strings.ToLower returns its argument, unallocated, when there is
 	// nothing to lower.
 	if email := strings.ToLower(strings.TrimSpace(a.Email)); email != "" {
-		if len(email) > maxEmailLen {
+		if len(email) > maxEmailLen && utf8.RuneCountInString(email) > maxEmailLen {
 			return invalid("actor.email", "must be at most %d characters", maxEmailLen)
 		}
 		if !oneAt(email) {

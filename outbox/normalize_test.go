@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
@@ -157,6 +158,14 @@ func TestNormaliseForms(t *testing.T) {
 	require.Equal(t, "f=1.5;n=12345678901234567890;odd=a%3Bb%3Dc%2Cd%25;ticket=t_1,t_2", w.resourceIDsFlat)
 	require.Equal(t, `{"f":"1.5","n":"12345678901234567890","odd":"a;b=c,d%","ticket":["t_1","t_2"]}`, *w.resourceIDs)
 	require.Equal(t, `{"a":{"c":"éé","d":[3,2]},"b":1}`, *w.details)
+
+	// The email limit counts characters, as the contract says: 254 of
+	// them pass even when they are 2-byte ones.
+	e = validEvent()
+	e.Actor.Email = strings.Repeat("é", 249) + "@b.io"
+	w, err = r.normalise(e, testNow)
+	require.NoError(t, err)
+	require.Equal(t, 254, utf8.RuneCountInString(*w.actorEmail))
 }
 
 func TestNullIPSources(t *testing.T) {
@@ -174,6 +183,13 @@ func TestNullIPSources(t *testing.T) {
 	w, err := r.normalise(e, testNow)
 	require.NoError(t, err)
 	require.Nil(t, w.ip, "no address is null, never a placeholder")
+
+	e = validEvent()
+	e.Source, e.IP = "slack", "not-an-ip"
+	_, err = r.normalise(e, testNow)
+	ve, ok := AsValidationError(err)
+	require.True(t, ok, "a bad address is refused even where it would be stored null: %v", err)
+	require.Equal(t, "ip", ve.Field)
 
 	custom, err := New(Options{NullIPSources: []string{}, Now: func() time.Time { return testNow }})
 	require.NoError(t, err)

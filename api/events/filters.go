@@ -145,7 +145,7 @@ func normaliseEmail(s string) (string, error) {
 		return "", fmt.Errorf("must not be empty")
 	}
 	at := strings.IndexByte(s, '@')
-	if len(s) > maxEmailLen || strings.Count(s, "@") != 1 || at == 0 || at == len(s)-1 || strings.ContainsAny(s, " \t\r\n") {
+	if utf8.RuneCountInString(s) > maxEmailLen || strings.Count(s, "@") != 1 || at == 0 || at == len(s)-1 || strings.ContainsAny(s, " \t\r\n") {
 		return "", fmt.Errorf("must be an email address with one @, at most %d characters", maxEmailLen)
 	}
 	return s, nil

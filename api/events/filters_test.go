@@ -36,6 +36,14 @@ func TestParseFiltersNormalises(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, f, g)
 
+	// At most 254 characters, not bytes.
+	long := strings.Repeat("é", 249) + "@b.io"
+	f, err = ParseFilters(url.Values{"actor_email": {long}})
+	require.NoError(t, err)
+	require.Equal(t, []string{long}, f.ActorEmails)
+	_, err = ParseFilters(url.Values{"actor_email": {"é" + long}})
+	require.Error(t, err)
+
 	empty, err := ParseFilters(nil)
 	require.NoError(t, err)
 	require.Equal(t, Filters{}, empty)
