@@ -210,7 +210,7 @@ func (d *eventDecoder) event() (Event, error) {
 			if err := d.stringOrNull(key, &s); err != nil || s == "" {
 				return err
 			}
-			t, err := time.Parse(time.RFC3339Nano, s)
+			t, err := ParseTimestamp(s)
 			if err != nil {
 				return invalid(key, "must be an RFC 3339 timestamp with an offset")
 			}

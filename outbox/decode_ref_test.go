@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 	"unicode/utf8"
 )
 
@@ -37,7 +36,7 @@ func referenceDecodeEvent(data []byte) (Event, error) {
 		case "occurred_at":
 			var s string
 			if err = refDecodeString(raw, &s); err == nil && s != "" {
-				e.OccurredAt, err = time.Parse(time.RFC3339Nano, s)
+				e.OccurredAt, err = ParseTimestamp(s) // the lower-case t and z of RFC 3339 §5.6 are newer
 				if err != nil {
 					err = errors.New("must be an RFC 3339 timestamp with an offset")
 				}

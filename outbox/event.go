@@ -67,3 +67,20 @@ const TimeFormat = "2006-01-02T15:04:05.000Z"
 
 // FormatTime renders t in TimeFormat.
 func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+
+// ParseTimestamp parses an RFC 3339 timestamp with an offset, as input
+// fields and filters take it. RFC 3339 §5.6 lets the "T" and "Z" be lower
+// case, which time.Parse does not accept; they are read as upper case.
+func ParseTimestamp(s string) (time.Time, error) {
+	if n := len(s); n > 10 && (s[10] == 't' || s[n-1] == 'z') {
+		b := []byte(s)
+		if b[10] == 't' {
+			b[10] = 'T'
+		}
+		if b[n-1] == 'z' {
+			b[n-1] = 'Z'
+		}
+		s = string(b)
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}

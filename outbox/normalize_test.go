@@ -574,3 +574,19 @@ func TestRetentionBoundary(t *testing.T) {
 		require.Equal(t, "occurred_at", ve.Field)
 	}
 }
+
+// TestParseTimestamp: RFC 3339 with an offset; §5.6 allows a lower-case
+// "t" and "z".
+func TestParseTimestamp(t *testing.T) {
+	t.Parallel()
+	want := time.Date(2026, 11, 25, 20, 30, 25, 123000000, time.UTC)
+	for _, s := range []string{"2026-11-25T20:30:25.123Z", "2026-11-25t20:30:25.123z", "2026-11-25t21:30:25.123+01:00"} {
+		got, err := ParseTimestamp(s)
+		require.NoError(t, err, s)
+		require.True(t, want.Equal(got), s)
+	}
+	for _, s := range []string{"", "2026-11-25", "2026-11-25 20:30:25Z", "2026-11-25T20:30:25", "2026-11-25x20:30:25Z", "z", "2026-11-25T20:30:25y"} {
+		_, err := ParseTimestamp(s)
+		require.Error(t, err, s)
+	}
+}

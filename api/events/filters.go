@@ -194,7 +194,7 @@ func parseTime(param string, vals []string) (time.Time, error) {
 	if len(vals) != 1 {
 		return time.Time{}, paramErr(param, "must be given once")
 	}
-	t, err := time.Parse(time.RFC3339Nano, vals[0])
+	t, err := outbox.ParseTimestamp(vals[0])
 	if err != nil {
 		return time.Time{}, paramErr(param, "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-01T00:00:00Z")
 	}

@@ -36,6 +36,11 @@ func TestParseFiltersNormalises(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, f, g)
 
+	// RFC 3339 §5.6: a lower-case t and z are accepted.
+	f, err = ParseFilters(url.Values{"from": {"2026-11-01t00:00:00z"}})
+	require.NoError(t, err)
+	require.Equal(t, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), f.From)
+
 	// At most 254 characters, not bytes.
 	long := strings.Repeat("é", 249) + "@b.io"
 	f, err = ParseFilters(url.Values{"actor_email": {long}})
