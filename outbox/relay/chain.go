@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,15 +11,46 @@ import (
 	"github.com/auditlog/auditlog/outbox/integrity"
 )
 
-// claimedRow is one claimed outbox row: what the chain needs of it, and
-// what is copied into audit_events besides.
+// claimedRow is one claimed outbox row, scanned into the values its copy
+// into audit_events hands pgx (columns.go), plus what the chain needs.
 type claimedRow struct {
-	pos int64
-	f   integrity.EventFields
-	// flat is resource_ids_flat; ip the address as stored (f.IP is host()
-	// of it, as the canonical bytes need it).
-	flat string
-	ip   *netip.Prefix
+	pos                    int64
+	id                     pgtype.UUID
+	occurredAt, recordedAt pgtype.Timestamptz
+	workspaceID, action    pgtype.Text
+	actorType, actorID     pgtype.Text
+	actorEmail, actorName  pgtype.Text
+	resourceType           pgtype.Text
+	resourceIDs, flat      pgtype.Text // resource_ids, resource_ids_flat
+	source, userAgent      pgtype.Text
+	requestID, details     pgtype.Text
+	ip                     inetCol
+	// host is host(ip), the address as the canonical bytes show it.
+	host pgtype.Text
+	// ws numbers the row's workspace within the batch (chained.heads).
+	ws int
+}
+
+// fields sets f to r as the canonical bytes need it. f's optional fields
+// point into r.
+func (r *claimedRow) fields(f *integrity.EventFields) {
+	*f = integrity.EventFields{
+		ID: r.id.Bytes, WorkspaceID: r.workspaceID.String,
+		OccurredAt: r.occurredAt.Time, RecordedAt: r.recordedAt.Time,
+		Action: r.action.String, ActorType: r.actorType.String,
+		ActorID: optional(&r.actorID), ActorEmail: optional(&r.actorEmail), ActorName: optional(&r.actorName),
+		ResourceType: optional(&r.resourceType), ResourceIDs: optional(&r.resourceIDs),
+		Source: r.source.String, IP: optional(&r.host),
+		UserAgent: optional(&r.userAgent), RequestID: optional(&r.requestID), Details: optional(&r.details),
+	}
+}
+
+// optional returns a pointer to t's string, nil for NULL.
+func optional(t *pgtype.Text) *string {
+	if !t.Valid {
+		return nil
+	}
+	return &t.String
 }
 
 // claimRows claims the head of the outbox after pos from (positions nil, up
@@ -40,17 +70,13 @@ func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int, fro
 	}
 	defer rows.Close()
 	out := make([]claimedRow, 0, limit)
-	var id pgtype.UUID
+	sc := newRowScanner()
 	for rows.Next() {
-		var c claimedRow
-		f := &c.f
-		if err := rows.Scan(&c.pos, &id, &f.WorkspaceID, &f.OccurredAt, &f.RecordedAt, &f.Action, &f.ActorType,
-			&f.ActorID, &f.ActorEmail, &f.ActorName, &f.ResourceType, &f.ResourceIDs, &c.flat, &f.Source,
-			&c.ip, &f.UserAgent, &f.RequestID, &f.Details, &f.IP); err != nil {
+		if err := rows.Scan(sc.dest...); err != nil {
 			return nil, fmt.Errorf("claiming outbox rows: %w", err)
 		}
-		f.ID = id.Bytes
-		out = append(out, c)
+		sc.finish()
+		out = append(out, sc.row)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claiming outbox rows: %w", err)
@@ -74,11 +100,19 @@ type chained struct {
 	ch *integrity.Chainer
 	// next is the copy's cursor: idx[next-1] is the current row.
 	next int
-	// vals is the row Values returns, reused: pgx encodes it before asking
-	// for the next.
-	vals []any
-	// heads are each workspace's last event linked so far.
-	heads map[string]chainHead
+	// workspaces are the batch's workspaces, numbered by claimedRow.ws,
+	// and heads their newest links so far (seq 0: none stored); a slice
+	// rather than a map keyed by workspace, written for every row.
+	workspaces []string
+	heads      []chainHead
+
+	// The current row's values besides the claimed row's own, and the row
+	// Values returns, all reused: pgx encodes a row before asking for the
+	// next.
+	seq        pgtype.Int8
+	prev, hash byteaCol // NULL without the chain
+	f          integrity.EventFields
+	vals       []any
 }
 
 // chainHead is the newest link of a workspace's chain.
@@ -95,24 +129,24 @@ func (c *chained) Next() bool {
 	return c.next <= len(c.idx)
 }
 
-// Values implements pgx.CopyFromSource.
+// Values implements pgx.CopyFromSource. Every value is a pointer, to the
+// claimed row or to c, so building the row allocates nothing.
 func (c *chained) Values() ([]any, error) {
 	i := c.next - 1
 	r := &c.rows[c.idx[i]]
-	f := &r.f
 	seq := c.firstSeq + int64(i)
-	var prev, hash []byte // NULL without the chain
+	c.seq = pgtype.Int8{Int64: seq, Valid: true}
 	if c.ch != nil {
-		prev, hash = c.ch.Next(f)
-		c.heads[f.WorkspaceID] = chainHead{seq: seq, hash: hash}
+		r.fields(&c.f)
+		prev, hash := c.ch.Next(&c.f)
+		c.prev, c.hash = prev, hash
+		c.heads[r.ws] = chainHead{seq: seq, hash: hash}
 	}
-	v := c.vals[:0]
-	v = append(v, seq, pgtype.UUID{Bytes: f.ID, Valid: true}, f.WorkspaceID, f.OccurredAt, f.RecordedAt, f.Action, f.ActorType,
-		f.ActorID, f.ActorEmail, f.ActorName, f.ResourceType, f.ResourceIDs,
-		r.flat, f.Source, r.ip, f.UserAgent, f.RequestID, f.Details,
-		prev, hash)
-	c.vals = v
-	return v, nil
+	c.vals = append(c.vals[:0], &c.seq, &r.id, &r.workspaceID, &r.occurredAt, &r.recordedAt, &r.action, &r.actorType,
+		&r.actorID, &r.actorEmail, &r.actorName, &r.resourceType, &r.resourceIDs,
+		&r.flat, &r.source, &r.ip, &r.userAgent, &r.requestID, &r.details,
+		&c.prev, &c.hash)
+	return c.vals, nil
 }
 
 // Err implements pgx.CopyFromSource.
@@ -122,7 +156,10 @@ func (c *chained) Err() error { return nil }
 // arrays; empty without the chain.
 func (c *chained) newHeads() (ws []string, seq []int64, hash [][]byte) {
 	for w, h := range c.heads {
-		ws = append(ws, w)
+		if h.seq == 0 {
+			continue // no event of the workspace stored
+		}
+		ws = append(ws, c.workspaces[w])
 		seq = append(seq, h.seq)
 		hash = append(hash, h.hash)
 	}
@@ -163,8 +200,8 @@ func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, lastSeq
 		}
 		seen := map[eventKey]bool{}
 		for i := range rows {
-			f := &rows[i].f
-			k := eventKey{f.WorkspaceID, f.OccurredAt.UTC(), f.ID}
+			row := &rows[i]
+			k := eventKey{row.workspaceID.String, row.occurredAt.Time.UTC(), row.id.Bytes}
 			if seen[k] {
 				skip[rows[i].pos] = true
 			}
@@ -181,40 +218,50 @@ func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, lastSeq
 	if r.cfg.WithoutChain {
 		return c, nil
 	}
-	heads, err := r.chainHeads(ctx, tx, rows)
+	number := map[string]int{}
+	for i := range rows {
+		ws := rows[i].workspaceID.String
+		n, ok := number[ws]
+		if !ok {
+			n = len(c.workspaces)
+			number[ws] = n
+			c.workspaces = append(c.workspaces, ws)
+		}
+		rows[i].ws = n
+	}
+	heads, err := r.chainHeads(ctx, tx, c.workspaces, number)
 	if err != nil {
 		return nil, err
 	}
 	c.ch = integrity.NewChainer(heads)
-	c.heads = make(map[string]chainHead, len(heads))
+	c.heads = make([]chainHead, len(c.workspaces))
 	return c, nil
 }
 
-// chainHeads reads the chain heads of the rows' workspaces.
-func (r *Relay) chainHeads(ctx context.Context, tx pgx.Tx, rows []claimedRow) (map[string][]byte, error) {
-	var workspaces []string
-	seen := map[string]bool{}
-	for i := range rows {
-		if ws := rows[i].f.WorkspaceID; !seen[ws] {
-			seen[ws] = true
-			workspaces = append(workspaces, ws)
-		}
-	}
-	hr, err := tx.Query(ctx, chainHeadsSQL, workspaces)
+// chainHeads reads the chain heads of workspaces, numbered by number. The
+// map's keys are workspaces' strings and its hashes share one block, so
+// reading a head allocates nothing of its own.
+func (r *Relay) chainHeads(ctx context.Context, tx pgx.Tx, workspaces []string, number map[string]int) (map[string][]byte, error) {
+	hr, err := tx.Query(ctx, chainHeadsSQL, textArray(workspaces))
 	if err != nil {
 		return nil, fmt.Errorf("reading chain heads: %w", err)
 	}
 	defer hr.Close()
 	heads := make(map[string][]byte, len(workspaces))
+	block := make([]byte, 0, len(workspaces)*integrity.HashSize)
+	var ws, hash rawCol
+	dest := []any{&ws, &hash} // built once: a variadic call builds one a row
 	for hr.Next() {
-		var (
-			ws   string
-			hash []byte
-		)
-		if err := hr.Scan(&ws, &hash); err != nil {
+		if err := hr.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("reading chain heads: %w", err)
 		}
-		heads[ws] = hash
+		n, ok := number[string(ws)]
+		if !ok {
+			return nil, fmt.Errorf("reading chain heads: got workspace %q, not asked for", ws)
+		}
+		start := len(block)
+		block = append(block, hash...)
+		heads[workspaces[n]] = block[start:len(block):len(block)]
 	}
 	if err := hr.Err(); err != nil {
 		return nil, fmt.Errorf("reading chain heads: %w", err)

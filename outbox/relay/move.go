@@ -341,7 +341,8 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 	}
 	ws, seq, hash := c.newHeads()
 	var moved int64
-	if err := tx.QueryRow(ctx, finishMoveSQL, res.claimed, ws, seq, hash).Scan(&moved, &res.lastSeq); err != nil {
+	if err := tx.QueryRow(ctx, finishMoveSQL,
+		int8Array(res.claimed), textArray(ws), int8Array(seq), byteaArray(hash)).Scan(&moved, &res.lastSeq); err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
