@@ -45,7 +45,7 @@ func TestRunAllTiny(t *testing.T) {
 		"record.plain_median_ms", "record.with_record_median_ms", "record.with_vs_plain",
 		"record.with_queue_median_ms", "record.with_queue_p95_ms", "record.queue_vs_plain",
 		"pipeline.recordbatch_events_per_s", "pipeline.copy_events_per_s", "pipeline.relay_events_per_s",
-		"pipeline.floor_events_per_s", "pipeline.relay_vs_floor", "pipeline.recordbatch_vs_copy",
+		"pipeline.floor_events_per_s", "pipeline.relay_vs_floor", "pipeline.recordbatch_vs_copy", "pipeline.recordbatch_vs_copy_interleaved",
 		"pipeline.relay_wal_bytes_per_event", "pipeline.relay_second_half_events_per_s", "storage.bytes_per_event", "storage.heap_bytes_per_event",
 		"storage.index_bytes_per_event", "storage.index.pkey_bytes_per_event",
 		"ingest.http_events_per_s", "ingest.copy_events_per_s", "ingest.http_vs_copy",
