@@ -69,7 +69,10 @@ func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int, fro
 		return nil, fmt.Errorf("claiming outbox rows: %w", err)
 	}
 	defer rows.Close()
-	out := make([]claimedRow, 0, limit)
+	// Grown as rows arrive: an idle relay polls every PollInterval and
+	// mostly finds a few rows, where a BatchSize-long slice (~470 bytes a
+	// row) would be garbage at once.
+	out := make([]claimedRow, 0, min(limit, 64))
 	sc := newRowScanner()
 	for rows.Next() {
 		if err := rows.Scan(sc.dest...); err != nil {
