@@ -126,3 +126,23 @@ func TestClaimCursorResetsAfterFailure(t *testing.T) {
 	require.Zero(t, r.claimFrom.Load(), "a failed move claims from the head next")
 	require.Equal(t, 20, 5+moveAll(t, r, pool))
 }
+
+// TestDrainMovesLateRows: Drain ends only when a move from the head finds
+// nothing, so a row committed late under a lower pos while the cursor was
+// past it is moved too.
+func TestDrainMovesLateRows(t *testing.T) {
+	pool := setup(t)
+	r := newRelay(t, pool, Config{BatchSize: 2})
+	commitLate := openLateRow(t, r)
+	record(t, pool, events(4))
+	n, err := r.MoveOnce(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	require.NotZero(t, r.claimFrom.Load())
+	commitLate()
+
+	n, err = r.Drain(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	require.Zero(t, outboxDepth(t, pool))
+}

@@ -149,14 +149,19 @@ func (r *Relay) MoveOnce(ctx context.Context) (moved int, err error) {
 	return moved, err
 }
 
-// Drain moves batches until a move finds nothing to move, and returns how
-// many rows it moved in all. Like MoveOnce it is safe while the relay runs;
-// tests, benchmarks and one-off catch-ups use it.
+// Drain moves batches until a move from the head of the outbox finds
+// nothing to move, and returns how many rows it moved in all. Like MoveOnce
+// it is safe while the relay runs; tests, benchmarks and one-off catch-ups
+// use it.
 func (r *Relay) Drain(ctx context.Context) (moved int, err error) {
 	for {
+		// A move past the claim cursor that finds nothing has not seen rows
+		// committed late under a lower pos; it resets the cursor, and the
+		// next move looks from the head.
+		fromHead := r.claimFrom.Load() == 0
 		n, err := r.MoveOnce(ctx)
 		moved += n
-		if err != nil || n == 0 {
+		if err != nil || (n == 0 && fromHead) {
 			return moved, err
 		}
 	}
