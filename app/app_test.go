@@ -36,9 +36,9 @@ func TestVersionAndUsage(t *testing.T) {
 	require.Equal(t, 2, code, errOut)
 }
 
-// TestUsageErrorsExitTwo: every command-line mistake exits 2, and is told
-// before any database is reached (the URL here leads nowhere, which would
-// fail with 1).
+// TestUsageErrorsExitTwo: an unknown flag, a missing argument or one
+// malformed in itself exits 2, and is told before any database is reached
+// (the URL here leads nowhere, which would fail with 1).
 func TestUsageErrorsExitTwo(t *testing.T) {
 	t.Setenv("AUDITLOG_DATABASE_URL", "postgres://postgres@127.0.0.1:1/none?connect_timeout=1")
 	for _, args := range [][]string{
@@ -53,6 +53,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"deadletters", "retry", "--bogus"},
 		{"verify", "--bogus"},
 		{"integrity", "checkpoint", "--bogus"},
+		{"bench", "--bogus"},
+		{"bench", "pipeline", "--runs", "0"},
 	} {
 		code, _, errOut := runCLI(t, args...)
 		require.Equal(t, 2, code, "%v: %s", args, errOut)

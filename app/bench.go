@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"errors"
+	"flag"
 
 	"github.com/auditlog/auditlog/app/bench"
 )
@@ -11,7 +13,10 @@ import (
 func runBench(ctx context.Context, e *env, args []string) error {
 	// Arguments first: --help or a typo must not start a database.
 	if err := bench.CheckArgs(args, e.stderr); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err) // every error of CheckArgs is about the arguments
 	}
 	db, err := openDatabase(ctx, e.cfg, e.logger)
 	if err != nil {
