@@ -340,9 +340,10 @@ func TestTrustedProxyPrefixes(t *testing.T) {
 }
 
 // TestLoadIgnoresForeignEnvVariables: AUDITLOG_ variables of no config
-// section (a client's own, Kubernetes' service links for a Service named
-// auditlog or auditlog-http) do not stop the binary; IgnoredEnv names them,
-// and a misspelt key of a known section is still an error.
+// section (a client's own) and Kubernetes' service links for a Service named
+// auditlog or auditlog-http do not stop the binary; IgnoredEnv names them.
+// A misspelt key, a misspelt section, and a misspelt key that merely ends
+// like a service link are errors.
 func TestLoadIgnoresForeignEnvVariables(t *testing.T) {
 	t.Parallel()
 	foreign := []string{
@@ -352,10 +353,12 @@ func TestLoadIgnoresForeignEnvVariables(t *testing.T) {
 		"AUDITLOG_SERVICE_PORT=8080",
 		"AUDITLOG_SERVICE_PORT_HTTP=8080",
 		"AUDITLOG_PORT=tcp://10.0.0.1:8080",
+		"AUDITLOG_PORT_8080_TCP=tcp://10.0.0.1:8080",
+		"AUDITLOG_PORT_8080_TCP_PROTO=tcp",
+		"AUDITLOG_PORT_8080_TCP_PORT=8080",
 		"AUDITLOG_PORT_8080_TCP_ADDR=10.0.0.1",
 		"AUDITLOG_HTTP_PORT=tcp://10.0.0.2:80",
 		"AUDITLOG_HTTP_SERVICE_HOST=10.0.0.2",
-		"AUDITLOG_DATABSE_URL=postgres://typo",
 	}
 	environ := append([]string{"AUDITLOG_RELAY_BATCH_SIZE=7", "AUDITLOG_TEST_X=1", "PATH=/bin"}, foreign...)
 	cfg, err := Load(writeFile(t, ""), environ)
@@ -367,6 +370,17 @@ func TestLoadIgnoresForeignEnvVariables(t *testing.T) {
 	}
 	require.Equal(t, want, IgnoredEnv(environ))
 
-	_, err = Load(writeFile(t, ""), []string{"AUDITLOG_HTTP_ADRESS=:80", "AUDITLOG_URL=x"})
-	require.ErrorContains(t, err, "AUDITLOG_HTTP_ADRESS")
+	for kv, wantErr := range map[string]string{
+		"AUDITLOG_HTTP_ADRESS=:80":            "AUDITLOG_HTTP_ADRESS",
+		"AUDITLOG_DATABASE_EMBEDED_PORT=5":    "AUDITLOG_DATABASE_EMBEDED_PORT",
+		"AUDITLOG_HTTP_PORT=8080":             "AUDITLOG_HTTP_PORT",
+		"AUDITLOG_DATABSE_URL=postgres://x":   `misspelt for the section "database"`,
+		"AUDITLOG_RELAYS_BATCH_SIZE=5":        `misspelt for the section "relay"`,
+		"AUDITLOG_INTERGITY_SIGNING_SECRET=x": `misspelt for the section "integrity"`,
+	} {
+		_, err := Load(writeFile(t, ""), []string{kv, "AUDITLOG_URL=x"})
+		require.ErrorContains(t, err, wantErr, kv)
+		name, _, _ := strings.Cut(kv, "=")
+		require.NotContains(t, IgnoredEnv([]string{kv}), name, "an error is not also ignored")
+	}
 }

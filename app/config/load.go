@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"reflect"
 	"regexp"
@@ -229,10 +230,10 @@ func applyEnv(cfg *Config, environ []string) error {
 		}
 		s, ok := byEnv[name]
 		if !ok {
-			if !inKnownSection(name) || isServiceLink(name) {
-				continue // not meant for us: IgnoredEnv reports it
+			if err := foreignEnv(name, value); err != nil {
+				return err
 			}
-			return fmt.Errorf("environment variable %s: unknown setting (expected %s<SECTION>_<KEY> for a key of config.yaml)", name, EnvPrefix)
+			continue // not meant for us: IgnoredEnv reports it
 		}
 		if err := setFromString(s.field, value); err != nil {
 			return fmt.Errorf("environment variable %s (%s): %w", name, s.key, err)
@@ -242,9 +243,8 @@ func applyEnv(cfg *Config, environ []string) error {
 }
 
 // IgnoredEnv returns the names of the AUDITLOG_ variables of environ that
-// Load ignores: those of no config section, and Kubernetes service links.
-// A misspelt section (AUDITLOG_DATABSE_URL) is among them, so callers log
-// them.
+// Load ignores: those of no config section (nor one misspelt), and
+// Kubernetes service links. Callers log them.
 func IgnoredEnv(environ []string) []string {
 	keys := map[string]bool{}
 	for _, s := range settings(new(Config)) {
@@ -252,15 +252,37 @@ func IgnoredEnv(environ []string) []string {
 	}
 	var out []string
 	for _, kv := range environ {
-		name, _, _ := strings.Cut(kv, "=")
+		name, value, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, EnvTestPrefix) || keys[name] {
 			continue
 		}
-		if !inKnownSection(name) || isServiceLink(name) {
+		if foreignEnv(name, value) == nil {
 			out = append(out, name)
 		}
 	}
 	return out
+}
+
+// foreignEnv decides about an AUDITLOG_ variable that names no setting: nil
+// when it is not meant for auditlog (ignored), an error when it looks like
+// a misspelt setting. A Kubernetes service link, told by its name and the
+// shape of its value, is foreign; so is a variable of no section, unless
+// its section is one letter or two from a real one (AUDITLOG_DATABSE_URL
+// would otherwise leave database.url empty and start the embedded
+// database). A variable of a known section is a misspelt key.
+func foreignEnv(name, value string) error {
+	if isServiceLink(name, value) {
+		return nil
+	}
+	if inKnownSection(name) {
+		return fmt.Errorf("environment variable %s: unknown setting (expected %s<SECTION>_<KEY> for a key of config.yaml)", name, EnvPrefix)
+	}
+	first, _, _ := strings.Cut(strings.TrimPrefix(name, EnvPrefix), "_")
+	if section, ok := nearSection(strings.ToLower(first)); ok {
+		return fmt.Errorf("environment variable %s: unknown setting; is %s misspelt for the section %q (%s%s_<KEY>)?",
+			name, first, section, EnvPrefix, strings.ToUpper(section))
+	}
+	return nil
 }
 
 // inKnownSection reports whether the variable name starts with
@@ -284,15 +306,81 @@ func sections() []string {
 	return out
 }
 
-// serviceLink matches the variables Kubernetes puts into every pod for
-// each Service in its namespace (FOO_SERVICE_HOST, FOO_SERVICE_PORT[_NAME],
-// FOO_PORT, FOO_PORT_8080_TCP[_PROTO|_PORT|_ADDR]): a Service named
-// auditlog-http gives AUDITLOG_HTTP_PORT, which must not stop the binary.
-var serviceLink = regexp.MustCompile(`_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$`)
+// nearSection returns the section word is a likely misspelling of: at edit
+// distance 1, or 2 for words of six letters or more (so that PORT, a
+// Kubernetes word, is not taken for export).
+func nearSection(word string) (string, bool) {
+	allowed := 1
+	if len(word) >= 6 {
+		allowed = 2
+	}
+	for _, section := range sections() {
+		if d := editDistance(word, section); d > 0 && d <= allowed {
+			return section, true
+		}
+	}
+	return "", false
+}
 
-// isServiceLink reports whether name looks like a Kubernetes service link
-// variable.
-func isServiceLink(name string) bool { return serviceLink.MatchString(name) }
+// editDistance is the Levenshtein distance between a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// serviceLink matches the names of the variables Kubernetes puts into
+// every pod for each Service in its namespace, capturing the kind of
+// value each holds: FOO_SERVICE_HOST (an address), FOO_SERVICE_PORT and
+// FOO_SERVICE_PORT_NAME (a number), FOO_PORT and FOO_PORT_8080_TCP
+// (tcp://address:port), FOO_PORT_8080_TCP_PROTO (tcp), _PORT (a number),
+// _ADDR (an address). A Service named auditlog-http gives
+// AUDITLOG_HTTP_PORT=tcp://…, which must not stop the binary.
+var serviceLink = regexp.MustCompile(`_(?:(SERVICE_HOST)|(SERVICE_PORT)(?:_[A-Z0-9_]+)?|(PORT)|PORT_[0-9]+_(?:TCP|UDP|SCTP)(?:_(PROTO|PORT|ADDR))?)$`)
+
+// linkURL is the value of FOO_PORT and FOO_PORT_8080_TCP.
+var linkURL = regexp.MustCompile(`^(tcp|udp|sctp)://[^/]+:[0-9]+$`)
+
+// isServiceLink reports whether name and value look like a Kubernetes
+// service link: the name's form and a value of the matching shape, so a
+// misspelt key that happens to end in _PORT (AUDITLOG_DATABASE_EMBEDED_PORT=5)
+// is not taken for one.
+func isServiceLink(name, value string) bool {
+	m := serviceLink.FindStringSubmatch(name)
+	if m == nil {
+		return false
+	}
+	isAddr := func(v string) bool { _, err := netip.ParseAddr(v); return err == nil }
+	isNumber := func(v string) bool { _, err := strconv.ParseUint(v, 10, 16); return err == nil }
+	switch {
+	case m[1] != "": // SERVICE_HOST
+		return isAddr(value)
+	case m[2] != "": // SERVICE_PORT[_NAME]
+		return isNumber(value)
+	case m[4] == "PROTO":
+		return value == "tcp" || value == "udp" || value == "sctp"
+	case m[4] == "PORT":
+		return isNumber(value)
+	case m[4] == "ADDR":
+		return isAddr(value)
+	default: // FOO_PORT, FOO_PORT_8080_TCP
+		return linkURL.MatchString(value)
+	}
+}
 
 // setFromString parses an environment variable's value into field by its
 // type. Lists are comma-separated; blanks around items are ignored.
