@@ -11,7 +11,7 @@ import (
 // unknown fields, members given twice, wrong types and invalid UTF-8 are
 // refused with a *ValidationError naming the field. The fields the server
 // sets (recorded_at, and seq, hash and prev_hash of an event read back) are
-// accepted and ignored. It does not normalise;
+// accepted and ignored when of the shape the API gives them. It does not normalise;
 // recording does.
 func DecodeEvent(data []byte) (Event, error) {
 	if !utf8.Valid(data) {
@@ -159,11 +159,6 @@ func (m *memberSet) add(key string) bool {
 	return false
 }
 
-// readOnlyFields are the fields of an event as the API returns it that the
-// server sets: accepted on input, so an event read back can be sent again,
-// and ignored.
-var readOnlyFields = map[string]bool{"recorded_at": true, "seq": true, "hash": true, "prev_hash": true}
-
 // stringOrNull reads a JSON string, or null (empty), into dst.
 func (d *eventDecoder) stringOrNull(field string, dst *string) error {
 	if d.null() {
@@ -216,6 +211,8 @@ func (d *eventDecoder) event() (Event, error) {
 			}
 			e.OccurredAt = t
 			return nil
+		case "recorded_at", "seq", "hash", "prev_hash":
+			return d.serverField(key)
 		case "action":
 			return d.stringOrNull(key, &e.Action)
 		case "actor":
@@ -233,17 +230,42 @@ func (d *eventDecoder) event() (Event, error) {
 		case "details":
 			return d.details(&e)
 		}
-		if readOnlyFields[key] {
-			// Set by the server; the value is skipped, but must still be
-			// JSON.
-			if _, err := d.value(nil); err != nil {
-				return d.syntax(err)
-			}
-			return nil
-		}
 		return invalid(key, "is not a field of an event")
 	})
 	return e, err
+}
+
+// serverField reads a field the server sets, as the API returns it:
+// recorded_at (a timestamp), seq (an integer), hash and prev_hash
+// (strings). Accepted so that the contract's example and an event read back
+// can be sent as they are, and ignored; a value of another shape is
+// refused, as anything malformed is.
+func (d *eventDecoder) serverField(key string) error {
+	if d.null() {
+		return nil
+	}
+	if key == "seq" {
+		if c := d.peek(); c == '-' || (c >= '0' && c <= '9') {
+			lit, err := d.numberLiteral()
+			if err != nil {
+				return d.syntax(err)
+			}
+			if isIntegerLiteral(lit) {
+				return nil
+			}
+		}
+		return invalid(key, "is set by the server and ignored; when sent, it must be an integer")
+	}
+	var s string
+	if err := d.stringOrNull(key, &s); err != nil {
+		return invalid(key, "is set by the server and ignored; when sent, it must be a string")
+	}
+	if key == "recorded_at" {
+		if _, err := ParseTimestamp(s); err != nil {
+			return invalid(key, "is set by the server and ignored; when sent, it must be an RFC 3339 timestamp")
+		}
+	}
+	return nil
 }
 
 func (d *eventDecoder) actor(a *Actor) error {

@@ -42,7 +42,9 @@ func referenceDecodeEvent(data []byte) (Event, error) {
 				}
 			}
 		case "recorded_at", "seq", "hash", "prev_hash":
-			// Set by the server: ignored.
+			// Set by the server: ignored, when of the shape the API
+			// returns (a timestamp, an integer, strings).
+			err = refServerField(name, raw)
 		case "action":
 			err = refDecodeString(raw, &e.Action)
 		case "actor":
@@ -153,6 +155,32 @@ func refDecodeString(raw json.RawMessage, dst *string) error {
 	}
 	if err := json.Unmarshal(raw, dst); err != nil {
 		return fmt.Errorf("must be a string")
+	}
+	return nil
+}
+
+// refServerField checks a server-set field's shape with encoding/json.
+func refServerField(name string, raw json.RawMessage) error {
+	if refIsNull(raw) {
+		return nil
+	}
+	if name == "seq" {
+		var n json.Number
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if dec.Decode(&n) != nil || !isIntegerLiteral(n.String()) {
+			return errors.New("must be an integer")
+		}
+		return nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return errors.New("must be a string")
+	}
+	if name == "recorded_at" {
+		if _, err := ParseTimestamp(s); err != nil {
+			return errors.New("must be an RFC 3339 timestamp")
+		}
 	}
 	return nil
 }
