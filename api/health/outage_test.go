@@ -112,6 +112,9 @@ func TestReadinessFollowsDatabaseOutage(t *testing.T) {
 	require.NoError(t, err)
 	cfg.ConnConfig.Host = host
 	cfg.ConnConfig.Port = uint16(portN)
+	// sslmode=prefer (the default) adds a fallback to the same server
+	// without TLS, which would bypass the proxy once it is down.
+	cfg.ConnConfig.Fallbacks = nil
 	cfg.ConnConfig.ConnectTimeout = time.Second
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	require.NoError(t, err)
