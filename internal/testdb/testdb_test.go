@@ -260,12 +260,16 @@ func TestDropOtherTemplatesKeepsTheCurrentAndBusyOnes(t *testing.T) {
 	adminURL := AdminURL(t)
 	current := templatePrefix + migrations.Hash()
 	other := templatePrefix + "00000000000000f0" // a migration set's name shape
+	// A test database created after busySince: a run is active, nothing
+	// goes. Created before the other template, so that the setup of a test
+	// process of another package starting meanwhile, which drops other
+	// templates when no test database is recent, finds this one and leaves
+	// the other template alone too.
+	New(t)
 	require.NoError(t, adminExec(ctx, adminURL, fmt.Sprintf(fmtCreateEmpty, ident(other))))
 	require.NoError(t, adminExec(ctx, adminURL, fmt.Sprintf(fmtSealTemplate, ident(other))))
 	t.Cleanup(func() { _ = dropTemplate(context.Background(), adminURL, other) })
 
-	// A test database created after busySince: a run is active, nothing goes.
-	New(t)
 	require.NoError(t, dropOtherTemplates(ctx, adminURL, current, time.Now().Add(-time.Hour)))
 	require.True(t, databaseExists(t, other))
 
