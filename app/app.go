@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/auditlog/auditlog/app/config"
-	"github.com/auditlog/auditlog/app/exportcmd"
 )
 
 // Version is the release version, set at build time with
@@ -67,9 +66,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, errUsage), errors.Is(err, exportcmd.ErrUsage):
+	case errors.Is(err, errUsage):
 		fmt.Fprint(stderr, usageText)
-		// Both sentinels read "usage".
 		if msg := strings.TrimPrefix(err.Error(), errUsage.Error()); msg != "" {
 			fmt.Fprintf(stderr, "\nerror%s\n", msg)
 		}

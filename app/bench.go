@@ -2,8 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
-	"flag"
 
 	"github.com/auditlog/auditlog/app/bench"
 )
@@ -13,10 +11,7 @@ import (
 func runBench(ctx context.Context, e *env, args []string) error {
 	// Arguments first: --help or a typo must not start a database.
 	if err := bench.CheckArgs(args, e.stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%v", err) // every error of CheckArgs is about the arguments
+		return argumentError(err) // every error of CheckArgs is about the arguments
 	}
 	db, err := openDatabase(ctx, e.cfg, e.logger)
 	if err != nil {

@@ -28,14 +28,21 @@ func newFlagSet(name string, w io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args with fs. A mistake (an unknown flag, a bad value)
-// is a usage error, exit code 2; -h stays flag.ErrHelp, exit code 0.
+// parseFlags parses args with fs; see argumentError.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	err := fs.Parse(args)
+	if err := fs.Parse(args); err != nil {
+		return argumentError(fmt.Errorf("%s: %w", fs.Name(), err))
+	}
+	return nil
+}
+
+// argumentError turns err, from parsing a command's arguments, into a
+// usage error (exit code 2); -h stays flag.ErrHelp (exit code 0).
+func argumentError(err error) error {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return err
 	}
-	return usagef("%s: %v", fs.Name(), err)
+	return usagef("%v", err)
 }
 
 func runKeys(ctx context.Context, e *env, args []string) error {
@@ -114,7 +121,7 @@ func runExport(ctx context.Context, e *env, args []string) error {
 	// so a mistake is told at once.
 	req, err := exportcmd.Parse(args, e.stderr)
 	if err != nil {
-		return err
+		return argumentError(err)
 	}
 	return withDatabase(ctx, e, func(db *database) error {
 		rec, err := e.recorder()

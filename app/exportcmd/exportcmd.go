@@ -9,8 +9,7 @@
 // Filters are those of GET /v1/events/export and are validated the same way;
 // repeat a flag to match any of its values. The query parameters' spellings
 // (--actor_email, --actor_id, --resource_type) are accepted too. Mistakes
-// in the arguments are found by Parse, before any connection, and wrap
-// ErrUsage. The export goes to FILE (written to
+// in the arguments are found by Parse, before any connection. The export goes to FILE (written to
 // a temporary file beside it and renamed into place only when complete, so
 // FILE is never a truncated export) or to stdout. On a terminal, progress
 // (rows, bytes, rate) is redrawn on stderr every second; a summary line is
@@ -93,11 +92,6 @@ var flagParams = []struct{ flag, param, usage string }{
 	{"source", events.ParamSource, "source (repeatable)"},
 }
 
-// ErrUsage marks a mistake in the command line (an unknown flag, a missing
-// --workspace, an invalid filter): Parse's errors wrap it, so the caller
-// can print usage and exit 2.
-var ErrUsage = errors.New("usage")
-
 // Request is a parsed command line: what to export and where.
 type Request struct {
 	workspace string
@@ -106,14 +100,14 @@ type Request struct {
 	out       string
 }
 
-// usagef returns an error wrapping ErrUsage.
-func usagef(format string, args ...any) error {
-	return fmt.Errorf("%w: export: "+format, append([]any{ErrUsage}, args...)...)
+// argErrorf returns an error about the command's arguments.
+func argErrorf(format string, args ...any) error {
+	return fmt.Errorf("export: "+format, args...)
 }
 
 // Parse parses and validates the command's arguments without touching the
 // database, so a mistake is reported before a connection is made. Every
-// error but flag.ErrHelp wraps ErrUsage.
+// error but flag.ErrHelp is a mistake in the arguments.
 func Parse(args []string, stderr io.Writer) (*Request, error) {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -137,19 +131,19 @@ func Parse(args []string, stderr io.Writer) (*Request, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, usagef("%v", err)
+		return nil, argErrorf("%w", err)
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("unexpected argument %q", fs.Arg(0))
+		return nil, argErrorf("unexpected argument %q", fs.Arg(0))
 	}
 	if *workspace == "" {
-		return nil, usagef("--workspace is required")
+		return nil, argErrorf("--workspace is required")
 	}
 	if *format != events.FormatCSV && *format != events.FormatNDJSON {
-		return nil, usagef("--format %q: want csv or ndjson", *format)
+		return nil, argErrorf("--format %q: want csv or ndjson", *format)
 	}
 	if !outbox.ValidWorkspaceID(*workspace) {
-		return nil, usagef("--workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
+		return nil, argErrorf("--workspace %q must be 1-64 characters of A-Z a-z 0-9 . _ : -", *workspace)
 	}
 
 	v := url.Values{}
@@ -168,9 +162,9 @@ func Parse(args []string, stderr io.Writer) (*Request, error) {
 	if err != nil {
 		var pe *events.ParamError
 		if errors.As(err, &pe) {
-			return nil, usagef("--%s: %s", strings.ReplaceAll(pe.Param, "_", "-"), pe.Message)
+			return nil, argErrorf("--%s: %s", strings.ReplaceAll(pe.Param, "_", "-"), pe.Message)
 		}
-		return nil, usagef("%v", err)
+		return nil, argErrorf("%v", err)
 	}
 	return &Request{workspace: *workspace, filters: filters, format: *format, out: *out}, nil
 }

