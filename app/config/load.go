@@ -219,6 +219,29 @@ var durationType = reflect.TypeFor[time.Duration]()
 
 // applyEnv overlays the AUDITLOG_<SECTION>_<KEY> variables of environ.
 func applyEnv(cfg *Config, environ []string) error {
+	_, err := walkEnv(cfg, environ, func(s setting, value string) error {
+		if err := setFromString(s.field, value); err != nil {
+			return fmt.Errorf("environment variable %s (%s): %w", s.env, s.key, err)
+		}
+		return nil
+	})
+	return err
+}
+
+// IgnoredEnv returns the names of the AUDITLOG_ variables of environ that
+// Load ignores: those of no config section (nor one misspelt), and
+// Kubernetes service links. Callers log them once Load has accepted
+// environ.
+func IgnoredEnv(environ []string) []string {
+	ignored, _ := walkEnv(new(Config), environ, func(setting, string) error { return nil })
+	return ignored
+}
+
+// walkEnv goes through the AUDITLOG_ variables of environ (not the
+// reserved AUDITLOG_TEST_*): set is called for each that names a setting of
+// cfg, and those not meant for auditlog (foreignEnv) are returned. A
+// misspelt one, or an error of set, stops the walk.
+func walkEnv(cfg *Config, environ []string, set func(s setting, value string) error) (ignored []string, err error) {
 	byEnv := map[string]setting{}
 	for _, s := range settings(cfg) {
 		byEnv[s.env] = s
@@ -228,39 +251,18 @@ func applyEnv(cfg *Config, environ []string) error {
 		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, EnvTestPrefix) {
 			continue
 		}
-		s, ok := byEnv[name]
-		if !ok {
-			if err := foreignEnv(name, value); err != nil {
-				return err
+		if s, ok := byEnv[name]; ok {
+			if err := set(s, value); err != nil {
+				return nil, err
 			}
-			continue // not meant for us: IgnoredEnv reports it
-		}
-		if err := setFromString(s.field, value); err != nil {
-			return fmt.Errorf("environment variable %s (%s): %w", name, s.key, err)
-		}
-	}
-	return nil
-}
-
-// IgnoredEnv returns the names of the AUDITLOG_ variables of environ that
-// Load ignores: those of no config section (nor one misspelt), and
-// Kubernetes service links. Callers log them.
-func IgnoredEnv(environ []string) []string {
-	keys := map[string]bool{}
-	for _, s := range settings(new(Config)) {
-		keys[s.env] = true
-	}
-	var out []string
-	for _, kv := range environ {
-		name, value, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, EnvTestPrefix) || keys[name] {
 			continue
 		}
-		if foreignEnv(name, value) == nil {
-			out = append(out, name)
+		if err := foreignEnv(name, value); err != nil {
+			return nil, err
 		}
+		ignored = append(ignored, name)
 	}
-	return out
+	return ignored, nil
 }
 
 // foreignEnv decides about an AUDITLOG_ variable that names no setting: nil
