@@ -171,16 +171,38 @@ func (b *bench) recordBatches(ctx context.Context) (time.Duration, error) {
 			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
 			evs = append(evs, e.event())
 		}
-		start := time.Now()
-		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-			return b.rec.RecordBatch(ctx, tx, evs)
-		})
-		total += time.Since(start)
+		d, err := b.recordBatch(ctx, evs)
+		total += d
 		if err != nil {
-			return 0, fmt.Errorf("RecordBatch of %d events: %w", len(evs), err)
+			return 0, err
 		}
 	}
 	return total, nil
+}
+
+// recordBatch writes evs through RecordBatch in one transaction and returns
+// the time the transaction took.
+func (b *bench) recordBatch(ctx context.Context, evs []outbox.Event) (time.Duration, error) {
+	start := time.Now()
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return b.rec.RecordBatch(ctx, tx, evs) })
+	if err != nil {
+		return 0, fmt.Errorf("RecordBatch of %d events: %w", len(evs), err)
+	}
+	return time.Since(start), nil
+}
+
+// copyRows copies rows (outboxColumns) straight into audit_outbox in one
+// transaction and returns the time the transaction took.
+func (b *bench) copyRows(ctx context.Context, rows [][]any) (time.Duration, error) {
+	start := time.Now()
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(rows))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("copying %d rows into audit_outbox: %w", len(rows), err)
+	}
+	return time.Since(start), nil
 }
 
 // interleavedWrites writes the stage's events twice, each batch once
@@ -201,25 +223,14 @@ func (b *bench) interleavedWrites(ctx context.Context) (recordBatch, rawCopy tim
 			rows = append(rows, e.outboxValues(now))
 		}
 		rb := func() error {
-			start := time.Now()
-			err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return b.rec.RecordBatch(ctx, tx, evs) })
-			recordBatch += time.Since(start)
-			if err != nil {
-				return fmt.Errorf("RecordBatch of %d events: %w", len(evs), err)
-			}
-			return nil
+			d, err := b.recordBatch(ctx, evs)
+			recordBatch += d
+			return err
 		}
 		cp := func() error {
-			start := time.Now()
-			err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-				_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(rows))
-				return err
-			})
-			rawCopy += time.Since(start)
-			if err != nil {
-				return fmt.Errorf("copying %d rows into audit_outbox: %w", len(rows), err)
-			}
-			return nil
+			d, err := b.copyRows(ctx, rows)
+			rawCopy += d
+			return err
 		}
 		first, second := rb, cp
 		if batch%2 == 1 {
@@ -249,14 +260,10 @@ func (b *bench) copyBatches(ctx context.Context) (time.Duration, error) {
 			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
 			rows = append(rows, e.outboxValues(now))
 		}
-		start := time.Now()
-		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-			_, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, pgx.CopyFromRows(rows))
-			return err
-		})
-		total += time.Since(start)
+		d, err := b.copyRows(ctx, rows)
+		total += d
 		if err != nil {
-			return 0, fmt.Errorf("copying %d rows into audit_outbox: %w", len(rows), err)
+			return 0, err
 		}
 	}
 	return total, nil
