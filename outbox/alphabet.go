@@ -2,8 +2,9 @@ package outbox
 
 // The contract's alphabets (§1), as byte loops: they run for every field of
 // every recorded event, where regexps cost ~3 µs per event (PERFORMANCE.md),
-// and every package that validates a workspace, action, source or resource
-// type (filters, keys, configuration) calls these rather than its own copy.
+// and every package that validates a workspace, action, source, resource
+// type, actor email or actor id (filters, keys, configuration) calls these
+// rather than its own copy.
 
 func isLowerWordByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_'
@@ -66,3 +67,12 @@ func ValidSource(s string) bool { return allBytes(s, 1, maxSourceLen, isLowerWor
 
 // validResourceKey reports whether s is a resource id key: 1-64 of a-z 0-9 _.
 func validResourceKey(s string) bool { return allBytes(s, 1, 64, isLowerWordByte) }
+
+// ValidEmail reports whether s, already trimmed and lower-cased, is an
+// actor email: at most MaxEmailLen characters, one '@' neither first nor
+// last, no space, tab, CR or LF.
+func ValidEmail(s string) bool { return !tooLong(s, MaxEmailLen) && oneAt(s) }
+
+// ValidActorID reports whether s, already trimmed, is at most MaxActorIDLen
+// characters.
+func ValidActorID(s string) bool { return !tooLong(s, MaxActorIDLen) }

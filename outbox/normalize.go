@@ -22,8 +22,8 @@ import (
 const (
 	maxWorkspaceLen  = 64
 	maxActionLen     = 128
-	maxEmailLen      = 254
-	maxActorIDLen    = 128
+	MaxEmailLen      = 254 // actor.email, in characters
+	MaxActorIDLen    = 128 // actor.id, in characters
 	maxActorNameLen  = 256
 	maxSourceLen     = 32
 	maxResourceType  = 128
@@ -200,8 +200,7 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 		if !ValidResourceType(e.Resource.Type) {
 			return invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
 		}
-		t.resourceType = e.Resource.Type
-		out.resourceType = &t.resourceType
+		store(&out.resourceType, &t.resourceType, e.Resource.Type)
 	}
 	ids, err := normaliseIDs(sc.ids[:0], e.Resource.IDs)
 	sc.ids = ids[:0]
@@ -247,18 +246,12 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 	if err != nil {
 		return err
 	}
-	if ua != "" {
-		t.userAgent = ua
-		out.userAgent = &t.userAgent
-	}
+	store(&out.userAgent, &t.userAgent, ua)
 	rid, err := optionalText("request_id", e.RequestID, maxRequestID)
 	if err != nil {
 		return err
 	}
-	if rid != "" {
-		t.requestID = rid
-		out.requestID = &t.requestID
-	}
+	store(&out.requestID, &t.requestID, rid)
 
 	// details
 	hasDetails := false
@@ -267,11 +260,10 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 		if err != nil {
 			return invalid("details", "%v", err)
 		}
+		sc.buf = buf
 		if n := len(buf) - flatEnd; hasDetails && n > r.opts.MaxDetailsBytes {
-			sc.buf = buf
 			return invalid("details", "is %d bytes once canonicalised, more than the limit of %d", n, r.opts.MaxDetailsBytes)
 		}
-		sc.buf = buf
 	}
 
 	if len(buf) > 0 {
@@ -303,13 +295,10 @@ func normaliseActor(a *Actor, out *row, t *rowText) error {
 		return err
 	}
 	if id := strings.TrimSpace(a.ID); id != "" {
-		// A string has at most as many characters as bytes: only a long
-		// one needs counting.
-		if len(id) > maxActorIDLen && utf8.RuneCountInString(id) > maxActorIDLen {
-			return invalid("actor.id", "must be at most %d characters", maxActorIDLen)
+		if !ValidActorID(id) {
+			return invalid("actor.id", "must be at most %d characters", MaxActorIDLen)
 		}
-		t.actorID = id
-		out.actorID = &t.actorID
+		store(&out.actorID, &t.actorID, id)
 	}
 	if err := checkText("actor.email", a.Email); err != nil {
 		return err
@@ -317,29 +306,42 @@ func normaliseActor(a *Actor, out *row, t *rowText) error {
 	// strings.ToLower returns its argument, unallocated, when there is
 	// nothing to lower.
 	if email := strings.ToLower(strings.TrimSpace(a.Email)); email != "" {
-		if len(email) > maxEmailLen && utf8.RuneCountInString(email) > maxEmailLen {
-			return invalid("actor.email", "must be at most %d characters", maxEmailLen)
+		if tooLong(email, MaxEmailLen) {
+			return invalid("actor.email", "must be at most %d characters", MaxEmailLen)
 		}
-		if !oneAt(email) {
+		if !ValidEmail(email) {
 			return invalid("actor.email", "must be an address with one @")
 		}
-		t.actorEmail = email
-		out.actorEmail = &t.actorEmail
+		store(&out.actorEmail, &t.actorEmail, email)
 	}
 	if err := checkText("actor.name", a.Name); err != nil {
 		return err
 	}
 	if name := strings.TrimSpace(a.Name); name != "" {
-		if len(name) > maxActorNameLen && utf8.RuneCountInString(name) > maxActorNameLen {
+		if tooLong(name, maxActorNameLen) {
 			return invalid("actor.name", "must be at most %d characters", maxActorNameLen)
 		}
-		t.actorName = name
-		out.actorName = &t.actorName
+		store(&out.actorName, &t.actorName, name)
 	}
 	if a.Type == ActorUser && out.actorID == nil && out.actorEmail == nil {
 		return invalid("actor", "a user actor needs an id or an email")
 	}
 	return nil
+}
+
+// store sets a nullable column: s goes into slot, which *col then points
+// at; "" leaves *col nil (NULL).
+func store(col **string, slot *string, s string) {
+	if s != "" {
+		*slot = s
+		*col = slot
+	}
+}
+
+// tooLong reports whether s has more than max characters. A string has at
+// most as many characters as bytes, so only a long one needs counting.
+func tooLong(s string, max int) bool {
+	return len(s) > max && utf8.RuneCountInString(s) > max
 }
 
 // oneAt reports whether email has exactly one '@', neither first nor

@@ -32,8 +32,6 @@ const MaxFilterValues = 100
 // so a value that could never have been stored is refused rather than
 // silently matching nothing.
 const (
-	maxEmailLen        = 254
-	maxActorIDLen      = 128
 	maxActionLen       = 128
 	maxResourceTypeLen = 128
 )
@@ -144,9 +142,8 @@ func normaliseEmail(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("must not be empty")
 	}
-	at := strings.IndexByte(s, '@')
-	if utf8.RuneCountInString(s) > maxEmailLen || strings.Count(s, "@") != 1 || at == 0 || at == len(s)-1 || strings.ContainsAny(s, " \t\r\n") {
-		return "", fmt.Errorf("must be an email address with one @, at most %d characters", maxEmailLen)
+	if !outbox.ValidEmail(s) {
+		return "", fmt.Errorf("must be an email address with one @, at most %d characters", outbox.MaxEmailLen)
 	}
 	return s, nil
 }
@@ -156,8 +153,8 @@ func normaliseActorID(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("must not be empty")
 	}
-	if utf8.RuneCountInString(s) > maxActorIDLen {
-		return "", fmt.Errorf("must be at most %d characters", maxActorIDLen)
+	if !outbox.ValidActorID(s) {
+		return "", fmt.Errorf("must be at most %d characters", outbox.MaxActorIDLen)
 	}
 	return s, nil
 }
