@@ -1,7 +1,6 @@
 package checkpoints
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 
@@ -18,7 +17,6 @@ import (
 const (
 	cursorVersion = 1
 	cursorBodyLen = 1 + 8
-	cursorLen     = cursorBodyLen + sha256.Size
 )
 
 var errBadCursor = errors.New("invalid cursor")

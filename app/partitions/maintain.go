@@ -223,8 +223,9 @@ func (r *run) commit(ctx context.Context) error {
 }
 
 // checkpoint commits once the open transaction has made ddlPerTransaction
-// changes and carries on in a new one, re-taking the lock without waiting: if another instance took it in
-// between, that instance carries on, and this run stops with lost set.
+// changes and carries on in a new one, re-taking the lock without waiting:
+// if another instance took it in between, that instance carries on, and
+// this run stops with lost set.
 func (r *run) checkpoint(ctx context.Context) error {
 	if len(r.pendingCreated)+len(r.pendingDropped) < r.m.ddlPerTransaction {
 		return nil

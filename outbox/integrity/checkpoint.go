@@ -285,8 +285,9 @@ FROM audit_checkpoints
 WHERE workspace_id = $1
 ORDER BY id`
 
-// ListPageSQL, the statement ListPage runs, reads up to $3 checkpoints of workspace $1 with id greater
-// than $2 (0 for the first page), oldest first: the rows after ($1, $2) in
+// ListPageSQL is the statement ListPage runs. It reads up to $3
+// checkpoints of workspace $1 with id greater than $2 (0 for the first
+// page), oldest first: the rows after ($1, $2) in
 // audit_checkpoints_workspace_idx (workspace_id, id), migration 00008, up
 // to the end of workspace $1. Together the two conditions say exactly
 // "workspace_id = $1 AND id > $2", and the plan is a range scan of that

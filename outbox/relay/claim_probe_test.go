@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"os"
 	"testing"
 	"time"
@@ -93,8 +94,4 @@ func TestClaimUnderOpenSnapshot(t *testing.T) {
 }
 
 // errRollback rolls a probe's transaction back.
-var errRollback = errorString("rolled back on purpose")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
+var errRollback = errors.New("rolled back on purpose")
