@@ -29,6 +29,9 @@ type claimedRow struct {
 	host pgtype.Text
 	// ws numbers the row's workspace within the batch (chained.heads).
 	ws int
+	// prev and hash are the row's links, set by chain; NULL without the
+	// chain.
+	prev, hash byteaCol
 }
 
 // fields sets f to r as the canonical bytes need it. f's optional fields
@@ -87,35 +90,26 @@ func claimRows(ctx context.Context, tx pgx.Tx, positions []int64, limit int, fro
 	return out, nil
 }
 
-// chained are the claimed rows to store, numbered. It is the
-// pgx.CopyFromSource of their copy into audit_events (eventColumns), and
-// links each row onto its workspace's chain as the copy reads it: pgx reads
-// the source in a goroutine of its own while the server stores the rows
-// already sent, so hashing overlaps the insert rather than preceding it.
+// chained are the claimed rows to store, numbered and linked. It is the
+// pgx.CopyFromSource of their copy into audit_events (eventColumns).
 type chained struct {
 	rows []claimedRow
 	// idx are the indexes into rows of the events to store, in seq order;
 	// idx[i] gets seq firstSeq+i.
 	idx      []int
 	firstSeq int64
-	// ch links the rows; nil with Config.WithoutChain, whose rows are
-	// stored without links.
-	ch *integrity.Chainer
 	// next is the copy's cursor: idx[next-1] is the current row.
 	next int
 	// workspaces are the batch's workspaces, numbered by claimedRow.ws,
-	// and heads their newest links so far (seq 0: none stored); a slice
-	// rather than a map keyed by workspace, written for every row.
+	// and heads their newest links (seq 0: none stored); empty without
+	// the chain.
 	workspaces []string
 	heads      []chainHead
 
-	// The current row's values besides the claimed row's own, and the row
-	// Values returns, all reused: pgx encodes a row before asking for the
-	// next.
-	seq        pgtype.Int8
-	prev, hash byteaCol // NULL without the chain
-	f          integrity.EventFields
-	vals       []any
+	// The current row's seq and the row Values returns, reused: pgx
+	// encodes a row before asking for the next.
+	seq  pgtype.Int8
+	vals []any
 }
 
 // chainHead is the newest link of a workspace's chain.
@@ -137,18 +131,11 @@ func (c *chained) Next() bool {
 func (c *chained) Values() ([]any, error) {
 	i := c.next - 1
 	r := &c.rows[c.idx[i]]
-	seq := c.firstSeq + int64(i)
-	c.seq = pgtype.Int8{Int64: seq, Valid: true}
-	if c.ch != nil {
-		r.fields(&c.f)
-		prev, hash := c.ch.Next(&c.f)
-		c.prev, c.hash = prev, hash
-		c.heads[r.ws] = chainHead{seq: seq, hash: hash}
-	}
+	c.seq = pgtype.Int8{Int64: c.firstSeq + int64(i), Valid: true}
 	c.vals = append(c.vals[:0], &c.seq, &r.id, &r.workspaceID, &r.occurredAt, &r.recordedAt, &r.action, &r.actorType,
 		&r.actorID, &r.actorEmail, &r.actorName, &r.resourceType, &r.resourceIDs,
 		&r.flat, &r.source, &r.ip, &r.userAgent, &r.requestID, &r.details,
-		&c.prev, &c.hash)
+		&r.prev, &r.hash)
 	return c.vals, nil
 }
 
@@ -169,6 +156,31 @@ func (c *chained) newHeads() (ws []string, seq []int64, hash [][]byte) {
 	return ws, seq, hash
 }
 
+// chainState is where a move's events go on from: the last seq reserved
+// before them and the head of every chain they extend. A move started from
+// the database reads both under the audit_seq lock (newChainState); a move
+// launched while the previous one is still in flight (pipeline.go) goes on
+// from where that one will end, which its finish checks.
+type chainState struct {
+	lastSeq int64
+	// heads are the chains' heads as ch moves them on; read records the
+	// workspaces whose head has been read from the database (a workspace
+	// without events has no head to read). Both nil without the chain.
+	heads map[string][]byte
+	read  map[string]bool
+	ch    *integrity.Chainer
+}
+
+// newChainState starts at lastSeq with no head read yet.
+func (r *Relay) newChainState(lastSeq int64) *chainState {
+	st := &chainState{lastSeq: lastSeq}
+	if !r.cfg.WithoutChain {
+		st.heads, st.read = map[string][]byte{}, map[string]bool{}
+		st.ch = integrity.NewChainer(st.heads)
+	}
+	return st
+}
+
 // eventKey is the idempotency key of an event.
 type eventKey struct {
 	workspace string
@@ -176,14 +188,17 @@ type eventKey struct {
 	id        [16]byte
 }
 
-// chain prepares the claimed rows (in pos order) for their copy, which
-// numbers them from lastSeq+1 on and links them onto their workspaces'
-// chains: hash = SHA-256(prev_hash || canonical bytes) (package integrity).
-// With dedupe, events already stored, and repeats of an event within the
-// batch after its first, are left out. The caller holds the audit_seq lock,
-// so the heads read here are current. With Config.WithoutChain the rows are
-// only numbered.
-func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, lastSeq int64, dedupe bool) (*chained, error) {
+// chain prepares the claimed rows (in pos order) for their copy: numbers
+// them from st.lastSeq+1 on and links each onto its workspace's chain,
+// hash = SHA-256(prev_hash || canonical bytes) (package integrity), reading
+// the heads of workspaces st has not seen from the database. st then stands
+// where the move will end. With dedupe, events already stored, and repeats
+// of an event within the batch after its first, are left out. With
+// Config.WithoutChain the rows are only numbered.
+//
+// The hashing is done here rather than as the copy reads the rows, so that
+// the next move of a pipeline can be chained while this one is copied.
+func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, st *chainState, dedupe bool) (*chained, error) {
 	skip := map[int64]bool{}
 	if dedupe {
 		positions := make([]int64, len(rows))
@@ -212,16 +227,20 @@ func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, lastSeq
 		}
 	}
 
-	c := &chained{rows: rows, idx: make([]int, 0, len(rows)-len(skip)), firstSeq: lastSeq + 1}
+	c := &chained{rows: rows, idx: make([]int, 0, len(rows)-len(skip)), firstSeq: st.lastSeq + 1}
 	for i := range rows {
 		if !skip[rows[i].pos] {
 			c.idx = append(c.idx, i)
 		}
 	}
-	if r.cfg.WithoutChain {
+	// The counter advances by every claimed row; a left-out row's seq
+	// stays unused.
+	st.lastSeq += int64(len(rows))
+	if st.ch == nil {
 		return c, nil
 	}
 	number := map[string]int{}
+	var unread []string
 	for i := range rows {
 		ws := rows[i].workspaceID.String
 		n, ok := number[ws]
@@ -229,45 +248,62 @@ func (r *Relay) chain(ctx context.Context, tx pgx.Tx, rows []claimedRow, lastSeq
 			n = len(c.workspaces)
 			number[ws] = n
 			c.workspaces = append(c.workspaces, ws)
+			if !st.read[ws] {
+				unread = append(unread, ws)
+			}
 		}
 		rows[i].ws = n
 	}
-	heads, err := r.chainHeads(ctx, tx, c.workspaces, number)
-	if err != nil {
-		return nil, err
+	if len(unread) > 0 {
+		if err := readHeads(ctx, tx, unread, st); err != nil {
+			return nil, err
+		}
 	}
-	c.ch = integrity.NewChainer(heads)
 	c.heads = make([]chainHead, len(c.workspaces))
+	var f integrity.EventFields
+	for i, k := range c.idx {
+		row := &rows[k]
+		row.fields(&f)
+		prev, hash := st.ch.Next(&f)
+		row.prev, row.hash = prev, hash
+		c.heads[row.ws] = chainHead{seq: c.firstSeq + int64(i), hash: hash}
+	}
 	return c, nil
 }
 
-// chainHeads reads the chain heads of workspaces, numbered by number. The
-// map's keys are workspaces' strings and its hashes share one block, so
-// reading a head allocates nothing of its own.
-func (r *Relay) chainHeads(ctx context.Context, tx pgx.Tx, workspaces []string, number map[string]int) (map[string][]byte, error) {
+// readHeads reads the chain heads of workspaces into st.heads and marks
+// them read. The map's keys are workspaces' strings and the hashes share
+// one block, so a head allocates nothing of its own.
+func readHeads(ctx context.Context, tx pgx.Tx, workspaces []string, st *chainState) error {
 	hr, err := tx.Query(ctx, chainHeadsSQL, textArray(workspaces))
 	if err != nil {
-		return nil, fmt.Errorf("reading chain heads: %w", err)
+		return fmt.Errorf("reading chain heads: %w", err)
 	}
 	defer hr.Close()
-	heads := make(map[string][]byte, len(workspaces))
+	asked := make(map[string]int, len(workspaces))
+	for i, ws := range workspaces {
+		asked[ws] = i
+	}
 	block := make([]byte, 0, len(workspaces)*integrity.HashSize)
 	var ws, hash rawCol
 	dest := []any{&ws, &hash} // built once: a variadic call builds one a row
 	for hr.Next() {
 		if err := hr.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("reading chain heads: %w", err)
+			return fmt.Errorf("reading chain heads: %w", err)
 		}
-		n, ok := number[string(ws)]
+		i, ok := asked[string(ws)]
 		if !ok {
-			return nil, fmt.Errorf("reading chain heads: got workspace %q, not asked for", ws)
+			return fmt.Errorf("reading chain heads: got workspace %q, not asked for", ws)
 		}
 		start := len(block)
 		block = append(block, hash...)
-		heads[workspaces[n]] = block[start:len(block):len(block)]
+		st.heads[workspaces[i]] = block[start:len(block):len(block)]
 	}
 	if err := hr.Err(); err != nil {
-		return nil, fmt.Errorf("reading chain heads: %w", err)
+		return fmt.Errorf("reading chain heads: %w", err)
 	}
-	return heads, nil
+	for _, ws := range workspaces {
+		st.read[ws] = true
+	}
+	return nil
 }

@@ -27,6 +27,7 @@ type metrics struct {
 	moved        prometheus.Counter
 	errors       prometheus.Counter
 	deadLetters  prometheus.Counter
+	conflicts    prometheus.Counter
 	batchSeconds prometheus.Histogram
 }
 
@@ -52,6 +53,12 @@ func newMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger)
 	if m.deadLetters, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "auditlog_relay_dead_letters_total",
 		Help: "Outbox rows set aside in audit_dead_letters because they could not be stored.",
+	})); err != nil {
+		return nil, err
+	}
+	if m.conflicts, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "auditlog_relay_conflicts_total",
+		Help: "Relay moves rolled back because another relay's move committed while they were in flight; their rows moved again.",
 	})); err != nil {
 		return nil, err
 	}

@@ -45,13 +45,19 @@ FOR UPDATE SKIP LOCKED`
 // lockSeqSQL takes the audit_seq counter row lock, held until commit, and
 // reads the last seq: in READ COMMITTED each statement sees what was
 // committed when it began, so the statements that follow see every earlier
-// move's events and chain heads. Moves are serialised from here to commit.
+// move's events and chain heads. A move that starts from the database is
+// serialised with every other from here to commit.
 //
 // It also turns JIT off for the rest of the move transaction: JIT never
 // pays off for a batch-sized statement, and a misestimated custom plan of
 // the move crossed jit_above_cost (~250 ms of compiling per move on each new
 // connection, PERFORMANCE.md).
 const lockSeqSQL = `SELECT last_seq, set_config('jit', 'off', true) FROM audit_seq FOR UPDATE`
+
+// jitOffSQL turns JIT off for a move that goes on from the move in flight
+// before it (lockSeqSQL says why); such a move takes the counter lock only
+// in its finish.
+const jitOffSQL = `SELECT set_config('jit', 'off', true)`
 
 // chainHeadsSQL reads the chain heads of the workspaces $1.
 const chainHeadsSQL = `SELECT workspace_id, hash FROM audit_chain_heads WHERE workspace_id = ANY($1::text[])`
@@ -75,12 +81,13 @@ var eventColumns = []string{
 }
 
 // finishMoveSQL completes a move once its events are copied into
-// audit_events: it advances audit_seq by cardinality($1), which lockSeqSQL
-// has locked, so seq is strictly increasing in commit order; deletes the
-// claimed outbox rows $1; and writes the new chain heads ($2 workspaces, $3
-// seq, $4 hash). Returns the rows deleted and the last reserved seq. A
-// claimed row that was not copied (a resend) leaves the outbox and its seq
-// value stays unused.
+// audit_events: it advances audit_seq by cardinality($1), so seq is strictly
+// increasing in commit order (the counter row stays locked until commit);
+// deletes the claimed outbox rows $1; and writes the new chain heads ($2
+// workspaces, $3 seq, $4 hash). Returns the rows deleted and the last
+// reserved seq, which the caller checks is the one its events were
+// numbered up to. A claimed row that was not copied (a resend) leaves the
+// outbox and its seq value stays unused.
 const finishMoveSQL = `
 WITH counter AS (
     UPDATE audit_seq SET last_seq = last_seq + cardinality($1::bigint[])
@@ -140,60 +147,132 @@ type moveResult struct {
 	moved, stored int
 }
 
-// MoveOnce moves one batch (up to Config.BatchSize rows) and returns how many
-// outbox rows were moved into audit_events. Rows that cannot be stored are
-// set aside as dead letters, not counted. It is safe to call while the relay
-// runs; tests and benchmarks use it.
+// errSpeculation reports that a move launched while the previous one was in
+// flight found, at its finish, that another relay's move had committed in
+// between, so its seq numbers and links were wrong; it was rolled back and
+// its rows are left for the next move, which starts from the database.
+var errSpeculation = errors.New("relay: another relay moved events meanwhile; the move was rolled back to be done again")
+
+// beginner begins transactions: the pool, or a connection a pipeline holds.
+type beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// flight is a move transaction from its claim until it commits or rolls
+// back: its events are being copied into audit_events, by a goroutine of
+// its own, and st stands where the move will end.
+type flight struct {
+	tx    pgx.Tx
+	db    beginner
+	res   moveResult
+	start time.Time
+	// dedupe: resends were looked up before the copy.
+	dedupe bool
+	// from is the claim cursor the move claimed after (0: the head).
+	from int64
+	st   *chainState
+	c    *chained
+	// copied is closed once the copy has returned stored and copyErr; nil
+	// when no copy was started.
+	copied  chan struct{}
+	stored  int64
+	copyErr error
+}
+
+// MoveOnce moves one batch (up to Config.BatchSize rows) in one transaction
+// and returns how many outbox rows were moved into audit_events. Rows that
+// cannot be stored are set aside as dead letters, not counted. It is safe to
+// call while the relay runs; tests use it.
 func (r *Relay) MoveOnce(ctx context.Context) (moved int, err error) {
 	_, moved, err = r.moveBatch(ctx)
 	return moved, err
 }
 
-// Drain moves batches until a move from the head of the outbox finds
+// Drain moves batches as the relay loop does, two in flight while a backlog
+// lasts (pipeline.go), until a move from the head of the outbox finds
 // nothing to move, and returns how many rows it moved in all. Like MoveOnce
-// it is safe while the relay runs; tests, benchmarks and one-off catch-ups
-// use it.
+// it is safe while the relay runs; benchmarks and one-off catch-ups use it.
 func (r *Relay) Drain(ctx context.Context) (moved int, err error) {
 	for {
 		// A move past the claim cursor that finds nothing has not seen rows
 		// committed late under a lower pos; it resets the cursor, and the
 		// next move looks from the head.
-		fromHead := r.claimFrom.Load() == 0
-		n, err := r.MoveOnce(ctx)
-		moved += n
-		if err != nil || (n == 0 && fromHead) {
+		p, err := r.pipeline(ctx, nil)
+		moved += p.moved
+		if err != nil || (p.lastClaimed == 0 && p.lastFromHead) {
 			return moved, err
 		}
 	}
 }
 
-// moveBatch moves the head of the outbox, isolating rows that cannot be
-// stored. claimed is the size of the batch taken, so the loop knows whether
-// more is waiting.
+// moveBatch moves the head of the outbox in one transaction, isolating rows
+// that cannot be stored. claimed is the size of the batch taken, so the
+// caller knows whether more is waiting.
 func (r *Relay) moveBatch(ctx context.Context) (claimed, moved int, err error) {
 	start := time.Now()
-	res, err := r.moveTx(ctx, nil)
-	claimed, moved = len(res.claimed), res.moved
+	res, err := r.moveTxWith(ctx, nil, false)
 	r.advanceCursor(res, err)
-	if err != nil && isRowError(err) && len(res.claimed) > 0 {
-		// Some row of the batch cannot be stored: find it, move the rest.
-		r.log.Warn("relay: batch insert failed, splitting it to isolate the failing rows",
-			"rows", len(res.claimed), "first_pos", res.claimed[0], "error", err)
-		moved, err = r.salvage(ctx, res.claimed, err)
+	claimed, moved = len(res.claimed), res.moved
+	if err != nil {
+		moved, err = r.redo(ctx, res.claimed, err)
+		r.countFailure(ctx, err)
 	}
-	if r.metrics != nil && (claimed > 0 || err != nil) {
+	if claimed > 0 || err != nil {
+		r.observeBatch(start)
+	}
+	return claimed, moved, err
+}
+
+// observeBatch records the duration of a batch started at start: one move
+// from its claim to its commit, or a failed move with its redo.
+func (r *Relay) observeBatch(start time.Time) {
+	if r.metrics != nil {
 		r.metrics.batchSeconds.Observe(time.Since(start).Seconds())
 	}
-	if err != nil {
-		if ctx.Err() == nil {
-			r.errors.Add(1)
-			if r.metrics != nil {
-				r.metrics.errors.Inc()
-			}
+}
+
+// redo deals with a move of claimed that failed with cause and was rolled
+// back: a move that raced another relay's is left for the next move; a
+// batch holding a resend is moved again, looking for resends first; a
+// batch holding a row that cannot be stored is split to isolate it. Any
+// other error is returned, the rows staying in the outbox.
+func (r *Relay) redo(ctx context.Context, claimed []int64, cause error) (moved int, err error) {
+	if errors.Is(cause, errSpeculation) {
+		r.conflicts.Add(1)
+		if r.metrics != nil {
+			r.metrics.conflicts.Inc()
 		}
-		return claimed, moved, err
+		r.log.Info("relay: another relay's move committed first; this move was rolled back and its rows move next",
+			"rows", len(claimed), "first_pos", claimed[0])
+		return 0, nil
 	}
-	return claimed, moved, nil
+	err = cause
+	if errors.Is(err, errDuplicateInBatch) {
+		var res moveResult
+		res, err = r.moveTxWith(ctx, claimed, true)
+		moved, claimed = res.moved, res.claimed
+	}
+	if err != nil && isRowError(err) && len(claimed) > 0 {
+		// Some row of the batch cannot be stored: find it, move the rest.
+		r.log.Warn("relay: batch insert failed, splitting it to isolate the failing rows",
+			"rows", len(claimed), "first_pos", claimed[0], "error", err)
+		var n int
+		n, err = r.salvage(ctx, claimed, err)
+		moved += n
+	}
+	return moved, err
+}
+
+// countFailure counts a failed move in the stats and metrics, unless it
+// failed because ctx ended (a stop, not a failure).
+func (r *Relay) countFailure(ctx context.Context, err error) {
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	r.errors.Add(1)
+	if r.metrics != nil {
+		r.metrics.errors.Inc()
+	}
 }
 
 // salvage moves what it can of positions, whose move together failed with
@@ -302,56 +381,114 @@ var errDuplicateInBatch = errors.New("relay: the batch holds an event already st
 // dedupe is set. Resends are rare, and looking for them costs an index probe
 // of every partition per row, so the first attempt does not: it chains every
 // claimed row and lets the primary key tell.
-func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) (res moveResult, err error) {
-	tx, err := r.pool.Begin(ctx)
+func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) (moveResult, error) {
+	f, err := r.launch(ctx, r.pool, positions, dedupe, r.claimFrom.Load(), nil)
 	if err != nil {
-		return res, fmt.Errorf("beginning move transaction: %w", err)
+		return f.res, err
+	}
+	return r.land(ctx, f)
+}
+
+// launch begins a move on db: claims the head of the outbox after pos from
+// (positions nil) or the given positions, numbers and links the rows, and
+// starts copying them into audit_events. With st nil the move starts from
+// the database, under the counter lock; otherwise it goes on from st, where
+// a move still in flight will end. The returned flight must be landed or
+// aborted, unless launch failed, in which case it is rolled back and
+// f.res.claimed still tells which rows it had claimed. A move that claims
+// nothing is committed at once.
+func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedupe bool, from int64, st *chainState) (f *flight, err error) {
+	f = &flight{db: db, start: time.Now(), dedupe: dedupe, from: from}
+	if positions != nil {
+		f.from = 0
+	}
+	f.tx, err = db.Begin(ctx)
+	if err != nil {
+		return f, fmt.Errorf("beginning move transaction: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-			_ = tx.Rollback(rctx)
-			cancel()
+			rollback(ctx, f.tx)
 		}
 	}()
 
-	rows, err := claimRows(ctx, tx, positions, r.cfg.BatchSize, r.claimFrom.Load())
+	rows, err := claimRows(ctx, f.tx, positions, r.cfg.BatchSize, f.from)
 	if err != nil {
-		return res, err
+		return f, err
 	}
-	res.claimed = make([]int64, len(rows))
+	f.res.claimed = make([]int64, len(rows))
 	for i := range rows {
-		res.claimed[i] = rows[i].pos
+		f.res.claimed[i] = rows[i].pos
 	}
-	if len(res.claimed) == 0 {
-		return res, tx.Commit(ctx)
+	if len(rows) == 0 {
+		if err := f.tx.Commit(ctx); err != nil {
+			return f, fmt.Errorf("ending an empty move: %w", err)
+		}
+		return f, nil
 	}
 
-	var lastSeq int64
-	if err := tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
-		return res, fmt.Errorf("locking the seq counter: %w", err)
+	following := st != nil
+	if !following {
+		var lastSeq int64
+		if err := f.tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
+			return f, fmt.Errorf("locking the seq counter: %w", err)
+		}
+		st = r.newChainState(lastSeq)
+	} else if _, err := f.tx.Exec(ctx, jitOffSQL); err != nil {
+		return f, fmt.Errorf("turning JIT off: %w", err)
 	}
-	c, err := r.chain(ctx, tx, rows, lastSeq, dedupe)
-	if err != nil {
-		return res, err
+	f.st = st
+	if f.c, err = r.chain(ctx, f.tx, rows, st, dedupe); err != nil {
+		return f, err
 	}
-	stored, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_events"}, eventColumns, c)
-	if err != nil {
-		if !dedupe && isUniqueViolation(err) {
+	f.res.lastSeq = st.lastSeq
+	if h := r.hooks.launched; h != nil {
+		h(f.res, following)
+	}
+	f.copied = make(chan struct{})
+	go func() {
+		defer close(f.copied)
+		f.stored, f.copyErr = f.tx.CopyFrom(ctx, pgx.Identifier{"audit_events"}, eventColumns, f.c)
+	}()
+	return f, nil
+}
+
+// land completes the move f: waits for its copy, advances the counter,
+// deletes the claimed rows and writes the chain heads, checks the counter
+// ends where f's events were numbered up to, and commits. On error the move
+// is rolled back.
+func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error) {
+	res = f.res
+	if f.copied == nil {
+		return res, nil // claimed nothing, already committed
+	}
+	<-f.copied
+	defer func() {
+		if err != nil {
+			rollback(ctx, f.tx)
+		}
+	}()
+	if err := f.copyErr; err != nil {
+		if !f.dedupe && isUniqueViolation(err) {
 			// A resend: redo the batch looking for them.
-			return res, errDuplicateInBatch // rolled back by the deferred function
+			return res, errDuplicateInBatch
 		}
 		return res, fmt.Errorf("copying %d events from outbox pos %d into audit_events: %w",
-			len(c.idx), res.claimed[0], err)
+			len(f.c.idx), res.claimed[0], err)
 	}
-	ws, seq, hash := c.newHeads()
-	var moved int64
-	if err := tx.QueryRow(ctx, finishMoveSQL,
-		int8Array(res.claimed), textArray(ws), int8Array(seq), byteaArray(hash)).Scan(&moved, &res.lastSeq); err != nil {
+	ws, seq, hash := f.c.newHeads()
+	var moved, lastSeq int64
+	if err := f.tx.QueryRow(ctx, finishMoveSQL,
+		int8Array(res.claimed), textArray(ws), int8Array(seq), byteaArray(hash)).Scan(&moved, &lastSeq); err != nil {
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
-	res.moved, res.stored = int(moved), int(stored)
+	if lastSeq != res.lastSeq {
+		// Another move committed between the one f went on from and f's
+		// finish.
+		return res, errSpeculation
+	}
+	res.moved, res.stored = int(moved), int(f.stored)
 	if res.moved != len(res.claimed) {
 		// Impossible while the claim's row locks hold; refuse to commit a
 		// chain that would not match the outbox.
@@ -359,11 +496,11 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 			len(res.claimed), res.claimed[0], res.moved)
 	}
 	if h := r.hooks.beforeCommit; h != nil {
-		if err := h(ctx, tx, res); err != nil {
+		if err := h(ctx, f.tx, res); err != nil {
 			return res, err
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := f.tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("committing move of %d outbox rows: %w", len(res.claimed), err)
 	}
 
@@ -378,6 +515,22 @@ func (r *Relay) moveTxWith(ctx context.Context, positions []int64, dedupe bool) 
 		h(res)
 	}
 	return res, nil
+}
+
+// abort rolls the move f back once its copy has returned.
+func (r *Relay) abort(ctx context.Context, f *flight) {
+	if f.copied == nil {
+		return // claimed nothing, already committed
+	}
+	<-f.copied
+	rollback(ctx, f.tx)
+}
+
+// rollback rolls tx back, even when ctx is already cancelled.
+func rollback(ctx context.Context, tx pgx.Tx) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	_ = tx.Rollback(rctx)
 }
 
 // SQLSTATE classes of errors caused by a row's data rather than by the

@@ -102,6 +102,11 @@ type Stats struct {
 	DeadLettered uint64
 	// Errors is the number of failed move attempts (retried later).
 	Errors uint64
+	// Conflicts is the number of moves rolled back because another
+	// relay's move committed while they were in flight (see the package
+	// doc); their rows moved again at once. Frequent conflicts mean
+	// several relays compete for one outbox.
+	Conflicts uint64
 	// LastSeq is the highest seq reserved by this relay's last committed
 	// move, or 0.
 	LastSeq int64
@@ -109,10 +114,12 @@ type Stats struct {
 
 // Relay moves events from audit_outbox to audit_events. Create it with New.
 type Relay struct {
-	pool    *pgxpool.Pool
-	cfg     Config
-	log     *slog.Logger
-	metrics *metrics // nil without Config.Registerer
+	pool *pgxpool.Pool
+	cfg  Config
+	// maxConns is the pool's size: a pipeline needs two connections.
+	maxConns int32
+	log      *slog.Logger
+	metrics  *metrics // nil without Config.Registerer
 
 	// wake holds at most one pending nudge, so Wake never blocks and
 	// nudges during a batch coalesce into one more poll.
@@ -121,8 +128,8 @@ type Relay struct {
 	mu  sync.Mutex
 	run *runState // the running loop, nil when stopped
 
-	batches, moved, duplicates, deadLettered, errors atomic.Uint64
-	lastSeq                                          atomic.Int64
+	batches, moved, duplicates, deadLettered, errors, conflicts atomic.Uint64
+	lastSeq                                                     atomic.Int64
 
 	// claimFrom is the claim cursor: the last pos of the previous full
 	// batch while a backlog drains, 0 to claim from the head. See
@@ -143,6 +150,9 @@ type testHooks struct {
 	beforeCommit func(ctx context.Context, tx pgx.Tx, b moveResult) error
 	// afterCommit runs once a move has committed.
 	afterCommit func(b moveResult)
+	// launched runs once a move has started copying; following tells
+	// whether it went on from a move still in flight.
+	launched func(b moveResult, following bool)
 }
 
 // runState is one run of the loop, from Start until it exits.
@@ -163,10 +173,11 @@ func New(pool *pgxpool.Pool, cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{
-		pool: pool,
-		cfg:  cfg,
-		log:  cfg.Logger,
-		wake: make(chan struct{}, 1),
+		pool:     pool,
+		cfg:      cfg,
+		maxConns: pool.Config().MaxConns,
+		log:      cfg.Logger,
+		wake:     make(chan struct{}, 1),
 	}
 	if cfg.Registerer != nil {
 		m, err := newMetrics(cfg.Registerer, pool, cfg.Logger)
@@ -198,8 +209,9 @@ func (r *Relay) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop asks the loop to exit after the batch in flight and waits for it.
-// If ctx ends first, the batch in flight is aborted (rolled back, so nothing
+// Stop asks the loop to exit after the move in flight and waits for it; of
+// two moves in flight, the older commits and the newer is rolled back. If
+// ctx ends first, the moves in flight are aborted (rolled back, so nothing
 // is lost), and Stop returns ctx's error once the loop has exited. Stop on a
 // Relay that is not running returns nil.
 func (r *Relay) Stop(ctx context.Context) error {
@@ -240,6 +252,7 @@ func (r *Relay) Stats() Stats {
 		Duplicates:   r.duplicates.Load(),
 		DeadLettered: r.deadLettered.Load(),
 		Errors:       r.errors.Load(),
+		Conflicts:    r.conflicts.Load(),
 		LastSeq:      r.lastSeq.Load(),
 	}
 }
@@ -266,11 +279,17 @@ const rescanEvery = 64
 func (r *Relay) advanceCursor(res moveResult, err error) {
 	full := err == nil && len(res.claimed) >= r.cfg.BatchSize
 	if !full || r.cursorMoves.Add(1) >= rescanEvery {
-		r.claimFrom.Store(0)
-		r.cursorMoves.Store(0)
+		r.resetCursor()
 		return
 	}
 	r.claimFrom.Store(res.claimed[len(res.claimed)-1])
+}
+
+// resetCursor sends the next claim to the head of the outbox: after a move
+// failed or was rolled back, its rows may lie behind the cursor.
+func (r *Relay) resetCursor() {
+	r.claimFrom.Store(0)
+	r.cursorMoves.Store(0)
 }
 
 // loop is the relay goroutine.
@@ -293,7 +312,7 @@ func (r *Relay) loop(ctx context.Context, st *runState) {
 			return
 		default:
 		}
-		claimed, _, err := r.moveBatch(ctx)
+		p, err := r.pipeline(ctx, st.stop)
 		if err != nil {
 			if ctx.Err() != nil {
 				// Cancelled mid-batch: rolled back, nothing to report.
@@ -312,8 +331,8 @@ func (r *Relay) loop(ctx context.Context, st *runState) {
 			r.log.Info("relay: recovered", "consecutive_failures", failures)
 			failures = 0
 		}
-		if claimed >= r.cfg.BatchSize {
-			continue // more is waiting
+		if p.lastClaimed >= r.cfg.BatchSize {
+			continue // more is waiting (or the move raced another relay's)
 		}
 		if !r.wait(ctx, st, r.cfg.PollInterval, true) {
 			return

@@ -1,0 +1,173 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// secondConnWait bounds how long a pipeline waits for its second
+// connection; without one, its moves go one at a time. A connection the pool
+// goes on making after the wait is taken for a later move.
+const secondConnWait = 20 * time.Millisecond
+
+// pipelineResult is what one pipeline did.
+type pipelineResult struct {
+	moved int
+	// lastClaimed is how many rows the last move launched claimed, and
+	// lastFromHead whether it claimed from the head of the outbox.
+	lastClaimed  int
+	lastFromHead bool
+}
+
+// pipeline moves batches from the head of the outbox until one claims less
+// than a full batch, stop is closed or a move fails.
+//
+// While batches come full it keeps two moves in flight, on two connections:
+// the next batch is claimed, numbered, linked and copied while the previous
+// one is still being copied, finished and committed, so the server works on
+// two copies at once and a commit's WAL flush overlaps the next copy. The
+// next move goes on from where the previous one will end (its chainState):
+// seq numbers and chain heads that are only right if no other move commits
+// in between. It takes the counter lock only in its finish, after the
+// previous move has committed, and checks the counter stands where it
+// numbered its events up to; if another relay's move came in between, it
+// rolls back (errSpeculation) and its rows go to the next move, which starts
+// from the database under the lock. So seq stays strictly increasing in
+// commit order, and every chain link is to the event committed before it.
+//
+// When a move fails, the move after it is rolled back, and once the
+// pipeline's connections are back in the pool the failed one is dealt with
+// as a single move's failure (redo). On stop, the oldest move in flight
+// commits and the one after it is rolled back.
+func (r *Relay) pipeline(ctx context.Context, stop <-chan struct{}) (pipelineResult, error) {
+	p, failed, err := r.fly(ctx, stop)
+	if failed != nil {
+		var n int
+		n, err = r.redo(ctx, failed.res.claimed, err)
+		p.moved += n
+		r.observeBatch(failed.start)
+	}
+	r.countFailure(ctx, err)
+	return p, err
+}
+
+// fly runs the pipeline's moves on connections of its own, up to the first
+// failure: failed is the move that failed with err once launched, nil if
+// none did.
+func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult, failed *flight, err error) {
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return p, nil, fmt.Errorf("acquiring a connection to move events: %w", err)
+	}
+	conns := []*pgxpool.Conn{conn}
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	triedSecond := false
+
+	// landed lands f, its failure ending the pipeline.
+	landed := func(f *flight) error {
+		res, err := r.land(ctx, f)
+		p.moved += res.moved
+		if err != nil {
+			r.resetCursor()
+			failed = f
+			return err
+		}
+		if len(res.claimed) > 0 {
+			r.observeBatch(f.start)
+		}
+		return nil
+	}
+
+	var prev *flight // in flight: launched, not yet landed
+	for {
+		var st *chainState
+		db := conns[0]
+		if prev != nil {
+			// After one wait, only a connection idle by now is taken: one
+			// the pool was making during the wait, say.
+			if len(conns) == 1 && (!triedSecond || r.pool.Stat().IdleConns() > 0) {
+				triedSecond = true
+				if c := r.acquireSecond(ctx); c != nil {
+					conns = append(conns, c)
+				}
+			}
+			if len(conns) == 2 {
+				st = prev.st
+				if prev.db == conns[0] {
+					db = conns[1]
+				}
+			} else {
+				// One connection: the previous move lands first.
+				f := prev
+				prev = nil
+				if err := landed(f); err != nil || stopping(stop) {
+					return p, failed, err
+				}
+			}
+		}
+
+		cur, err := r.launch(ctx, db, nil, false, r.claimFrom.Load(), st)
+		r.advanceCursor(cur.res, err)
+		p.lastClaimed, p.lastFromHead = len(cur.res.claimed), cur.from == 0
+		if err != nil {
+			r.observeBatch(cur.start)
+			if prev != nil {
+				err = errors.Join(err, landed(prev))
+			}
+			return p, failed, err
+		}
+
+		if prev != nil {
+			if err := landed(prev); err != nil {
+				// cur went on from prev's end: roll it back too.
+				r.abort(ctx, cur)
+				return p, failed, err
+			}
+			prev = nil
+			if stopping(stop) {
+				r.abort(ctx, cur)
+				r.resetCursor()
+				return p, nil, nil
+			}
+		}
+
+		if len(cur.res.claimed) < r.cfg.BatchSize || stopping(stop) {
+			return p, failed, landed(cur)
+		}
+		prev = cur
+	}
+}
+
+// acquireSecond returns a second connection for a pipeline, or nil when the
+// pool has none to spare within secondConnWait: waiting longer would hold
+// back the move in flight.
+func (r *Relay) acquireSecond(ctx context.Context) *pgxpool.Conn {
+	if r.maxConns < 2 {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(ctx, secondConnWait)
+	defer cancel()
+	c, err := r.pool.Acquire(actx)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// stopping reports whether stop is closed; a nil stop never is.
+func stopping(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
