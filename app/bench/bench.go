@@ -11,7 +11,8 @@
 //     the same batch as the UPDATE, against the same transaction without
 //     either; medians of many, the three kinds interleaved.
 //   - pipeline: --events events written through RecordBatch, then relayed
-//     (Relay.MoveOnce) until the outbox is empty; the floor is the same rows
+//     (Relay.Drain, as the relay loop moves a backlog) until the outbox is
+//     empty; the floor is the same rows
 //     inserted into the same audit_events by one INSERT ... SELECT, and
 //     RecordBatch is compared with a raw COPY of the same rows into the
 //     outbox. Also the bytes stored per event.
