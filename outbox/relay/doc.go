@@ -13,7 +13,7 @@
 // are being copied. Several processes (or several Relays) may run
 // against the same database at once: they share the work through
 // FOR UPDATE SKIP LOCKED and never move a row twice. One relay per database
-// moves fastest (see "Two moves in flight").
+// moves a backlog fastest (see "Two moves in flight").
 //
 // The loop moves a batch; a full batch is followed at once by the next, a
 // partial one by a wait of Config.PollInterval or until Wake is called
@@ -79,9 +79,9 @@
 // the numbers and links are wrong: the move is rolled back (Stats.Conflicts
 // and auditlog_relay_conflicts_total count these) and its rows go to the
 // next move, which starts from step 2 again. So the guarantees above hold
-// whatever other relays do, but relays competing for one outbox waste
-// copies; run one per database for throughput and more only for
-// availability.
+// whatever other relays do. After a conflict the relay moves one batch at a
+// time for 10 seconds, so that relays competing for one outbox do not keep
+// rolling back copies (dead rows and WAL in audit_events).
 //
 // When a move fails, the move after it is rolled back too, and the failed
 // one is dealt with as below. Without a second connection to spare (a pool

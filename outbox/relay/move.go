@@ -239,6 +239,7 @@ func (r *Relay) observeBatch(start time.Time) {
 func (r *Relay) redo(ctx context.Context, claimed []int64, cause error) (moved int, err error) {
 	if errors.Is(cause, errSpeculation) {
 		r.conflicts.Add(1)
+		r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
 		if r.metrics != nil {
 			r.metrics.conflicts.Inc()
 		}

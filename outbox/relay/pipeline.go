@@ -9,6 +9,18 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// conflictPause is how long a relay moves one batch at a time after a move
+// of its was rolled back because another relay's committed first: relays
+// competing for one outbox would otherwise roll back most of the moves
+// they launch ahead, each a copy's worth of dead rows and WAL.
+const conflictPause = 10 * time.Second
+
+// yielding reports whether a conflict with another relay's move is recent
+// enough (conflictPause) to move one batch at a time.
+func (r *Relay) yielding() bool {
+	return time.Now().UnixNano() < r.pauseUntil.Load()
+}
+
 // secondConnWait bounds how long a pipeline waits for its second
 // connection; without one, its moves go one at a time. A connection the pool
 // goes on making after the wait is taken for a later move.
@@ -39,10 +51,11 @@ type pipelineResult struct {
 // from the database under the lock. So seq stays strictly increasing in
 // commit order, and every chain link is to the event committed before it.
 //
-// When a move fails, the move after it is rolled back, and once the
-// pipeline's connections are back in the pool the failed one is dealt with
-// as a single move's failure (redo). On stop, the oldest move in flight
-// commits and the one after it is rolled back.
+// After such a conflict the relay moves one batch at a time for
+// conflictPause. When a move fails, the move after it is rolled back, and
+// once the pipeline's connections are back in the pool the failed one is
+// dealt with as a single move's failure (redo). On stop, the oldest move in
+// flight commits and the one after it is rolled back.
 func (r *Relay) pipeline(ctx context.Context, stop <-chan struct{}) (pipelineResult, error) {
 	p, failed, err := r.fly(ctx, stop)
 	if failed != nil {
@@ -91,21 +104,23 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		var st *chainState
 		db := conns[0]
 		if prev != nil {
+			yielding := r.yielding()
 			// After one wait, only a connection idle by now is taken: one
 			// the pool was making during the wait, say.
-			if len(conns) == 1 && (!triedSecond || r.pool.Stat().IdleConns() > 0) {
+			if len(conns) == 1 && !yielding && (!triedSecond || r.pool.Stat().IdleConns() > 0) {
 				triedSecond = true
 				if c := r.acquireSecond(ctx); c != nil {
 					conns = append(conns, c)
 				}
 			}
-			if len(conns) == 2 {
+			if len(conns) == 2 && !yielding {
 				st = prev.st
 				if prev.db == conns[0] {
 					db = conns[1]
 				}
 			} else {
-				// One connection: the previous move lands first.
+				// One connection, or another relay competing: the previous
+				// move lands first.
 				f := prev
 				prev = nil
 				if err := landed(f); err != nil || stopping(stop) {

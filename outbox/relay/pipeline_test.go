@@ -97,7 +97,8 @@ func TestPipelineKeepsTwoMovesInFlight(t *testing.T) {
 
 // A move committed by another relay between a move and the one launched
 // after it: the later one finds the counter moved on, rolls back, and its
-// rows are moved again; nothing is lost, duplicated or mislinked.
+// rows are moved again; nothing is lost, duplicated or mislinked. The relay
+// then moves one batch at a time for conflictPause.
 func TestPipelineYieldsToAnotherRelaysMove(t *testing.T) {
 	t.Parallel()
 	pool := setup(t)
@@ -107,6 +108,12 @@ func TestPipelineYieldsToAnotherRelaysMove(t *testing.T) {
 	r := newRelay(t, pool, Config{BatchSize: 100, Registerer: reg})
 	other := newRelay(t, pool, Config{BatchSize: 50})
 	var once sync.Once
+	var followingAfter atomic.Int64
+	r.hooks.launched = func(_ moveResult, following bool) {
+		if following && r.Stats().Conflicts > 0 {
+			followingAfter.Add(1)
+		}
+	}
 	r.hooks.afterCommit = func(moveResult) {
 		// r's first move has committed and its second is in flight,
 		// numbered and linked on from the first.
@@ -125,6 +132,18 @@ func TestPipelineYieldsToAnotherRelaysMove(t *testing.T) {
 	require.Equal(t, uint64(1), r.Stats().Conflicts)
 	require.Equal(t, 1.0, gather(t, reg)["auditlog_relay_conflicts_total"])
 	require.Zero(t, r.Stats().Errors)
+	require.Zero(t, followingAfter.Load(), "after the conflict, one move at a time")
+	require.True(t, r.yielding())
+
+	// Once the pause is over, moves overlap again.
+	r.pauseUntil.Store(0)
+	record(t, pool, shapedEvents(300))
+	following := launches(r)
+	n, err = r.Drain(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 300, n)
+	require.Equal(t, int64(2), following.Load())
+	requireIntactChains(t, pool, 800)
 }
 
 // A move that fails while the next is in flight (a row that cannot be

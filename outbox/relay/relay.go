@@ -138,6 +138,10 @@ type Relay struct {
 	// cursorMoves counts the moves claimed from the cursor since the last
 	// claim from the head.
 	cursorMoves atomic.Int64
+	// pauseUntil is when (Unix nanoseconds) the relay may again launch a
+	// move while another is in flight; set after a conflict
+	// (conflictPause).
+	pauseUntil atomic.Int64
 
 	// hooks lets tests observe and interfere with moves; zero in production.
 	hooks testHooks

@@ -283,9 +283,9 @@ func TestTwoRelaysMoveEachEventOnce(t *testing.T) {
 	}
 	require.NotZero(t, midway, "the reader saw no snapshot while events were moving")
 
-	t.Logf("two relays moved %d events (%d waiting, %d recorded meanwhile) in %s: %.0f events/s; split %d/%d over %d batches; %d reader snapshots (%d mid-stream)",
+	t.Logf("two relays moved %d events (%d waiting, %d recorded meanwhile) in %s: %.0f events/s; split %d/%d over %d batches, %d moves rolled back for a conflict; %d reader snapshots (%d mid-stream)",
 		want, waiting, concurrent, elapsed.Round(time.Millisecond), float64(want)/elapsed.Seconds(),
-		moved0, moved1, len(batches), len(snapshots), midway)
+		moved0, moved1, len(batches), relays[0].Stats().Conflicts+relays[1].Stats().Conflicts, len(snapshots), midway)
 }
 
 // A row that cannot be stored goes to the dead letters while the rest flows;
