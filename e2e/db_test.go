@@ -16,6 +16,7 @@ import (
 
 	"github.com/auditlog/auditlog/api/auth"
 	"github.com/auditlog/auditlog/internal/testdb"
+	"github.com/auditlog/auditlog/outbox/integrity"
 )
 
 // drainTimeout bounds waiting for the relay to empty the outbox.
@@ -154,7 +155,8 @@ func storedOf(t testing.TB, pool *pgxpool.Pool, ids []string) int {
 
 // requireExactlyOnce asserts that the workspace's events of action are
 // exactly the events of batches, each stored once, each batch whole, with
-// unique seqs, nothing left in the outbox and no dead letters.
+// unique seqs, nothing left in the outbox, no dead letters, and the
+// workspace's chain verifies.
 func requireExactlyOnce(t testing.TB, pool *pgxpool.Pool, workspace, action string, batches []batch) {
 	t.Helper()
 	want := map[string]int{}
@@ -178,6 +180,12 @@ func requireExactlyOnce(t testing.TB, pool *pgxpool.Pool, workspace, action stri
 	require.Zero(t, c.DuplicateSeqs, "a seq is used twice: %+v", c)
 	require.Zero(t, c.Outbox, "outbox not empty: %+v", c)
 	require.Zero(t, c.DeadLetters, "dead letters: %+v", c)
+	// And the workspace's hash chain is whole: every stored event linked
+	// to the one committed before it, through kills and restarts.
+	rep, err := integrity.VerifyWorkspace(t.Context(), pool, workspace, nil)
+	require.NoError(t, err)
+	require.True(t, rep.OK(), "chain of %s broken: %+v", workspace, rep.Break)
+	require.Equal(t, c.Rows, rep.Events, "events on the chain of %s", workspace)
 }
 
 // createEmptyDatabase creates a database with no schema at all on the test
