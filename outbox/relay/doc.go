@@ -74,14 +74,23 @@
 // The second move goes on from where the first will end: its seq numbers
 // follow the first's, and its links follow the first's new chain heads. It
 // skips step 2 and takes the counter lock only in its finish (step 5), once
-// the first has committed, and the finish checks that the counter stands
-// where the first left it. If another relay's move committed in between,
-// the numbers and links are wrong: the move is rolled back (Stats.Conflicts
-// and auditlog_relay_conflicts_total count these) and its rows go to the
-// next move, which starts from step 2 again. So the guarantees above hold
-// whatever other relays do. After a conflict the relay moves one batch at a
-// time for 10 seconds, so that relays competing for one outbox do not keep
-// rolling back copies (dead rows and WAL in audit_events).
+// the first has committed, without waiting (NOWAIT), and checks that the
+// counter stands where the first left it. If another relay's move holds the
+// counter or committed in between, the numbers and links are wrong: the
+// move is rolled back (Stats.Conflicts and auditlog_relay_conflicts_total
+// count these) and its rows go to the next move, which starts from step 2
+// again. So the guarantees above hold whatever other relays do. After a
+// conflict the relay moves one batch at a time for 10 seconds, so that
+// relays competing for one outbox do not keep rolling back copies (dead
+// rows and WAL in audit_events).
+//
+// A move never waits for the one launched after it, which would close a
+// cycle PostgreSQL cannot see (the later move's backend sits idle until the
+// earlier lands): the earlier move's finish takes the counter without
+// waiting, or holds it already; and if its copy has not returned within a
+// second, it may be waiting on a row the later move inserted (a resent
+// event with one row in each batch, directly or through another relay's
+// move), so the later move is rolled back.
 //
 // When a move fails, the move after it is rolled back too, and the failed
 // one is dealt with as below. Without a second connection to spare (a pool

@@ -54,6 +54,11 @@ FOR UPDATE SKIP LOCKED`
 // connection, PERFORMANCE.md).
 const lockSeqSQL = `SELECT last_seq, set_config('jit', 'off', true) FROM audit_seq FOR UPDATE`
 
+// lockSeqNowaitSQL takes the audit_seq row lock in the finish of a move
+// launched while another was in flight, failing at once (lock_not_available)
+// rather than waiting when another relay's move holds it.
+const lockSeqNowaitSQL = `SELECT last_seq FROM audit_seq FOR UPDATE NOWAIT`
+
 // jitOffSQL turns JIT off for a move that goes on from the move in flight
 // before it (lockSeqSQL says why); such a move takes the counter lock only
 // in its finish.
@@ -168,13 +173,18 @@ type flight struct {
 	start time.Time
 	// dedupe: resends were looked up before the copy.
 	dedupe bool
+	// following: the move went on from one still in flight (st was
+	// given), so it has not locked the counter yet.
+	following bool
 	// from is the claim cursor the move claimed after (0: the head).
 	from int64
 	st   *chainState
 	c    *chained
 	// copied is closed once the copy has returned stored and copyErr; nil
-	// when no copy was started.
+	// when no copy was started. cancel ends the copy early (abort) and
+	// frees its context.
 	copied  chan struct{}
+	cancel  context.CancelFunc
 	stored  int64
 	copyErr error
 }
@@ -199,7 +209,7 @@ func (r *Relay) Drain(ctx context.Context) (moved int, err error) {
 		// next move looks from the head.
 		p, err := r.pipeline(ctx, nil)
 		moved += p.moved
-		if err != nil || (p.lastClaimed == 0 && p.lastFromHead) {
+		if err != nil || (p.lastClaimed == 0 && p.lastFromHead && !p.again) {
 			return moved, err
 		}
 	}
@@ -428,8 +438,8 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 		return f, nil
 	}
 
-	following := st != nil
-	if !following {
+	f.following = st != nil
+	if !f.following {
 		var lastSeq int64
 		if err := f.tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
 			return f, fmt.Errorf("locking the seq counter: %w", err)
@@ -444,12 +454,14 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 	}
 	f.res.lastSeq = st.lastSeq
 	if h := r.hooks.launched; h != nil {
-		h(f.res, following)
+		h(f.res, f.following)
 	}
+	var copyCtx context.Context
+	copyCtx, f.cancel = context.WithCancel(ctx)
 	f.copied = make(chan struct{})
 	go func() {
 		defer close(f.copied)
-		f.stored, f.copyErr = f.tx.CopyFrom(ctx, pgx.Identifier{"audit_events"}, eventColumns, f.c)
+		f.stored, f.copyErr = f.tx.CopyFrom(copyCtx, pgx.Identifier{"audit_events"}, eventColumns, f.c)
 	}()
 	return f, nil
 }
@@ -465,6 +477,7 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 	}
 	<-f.copied
 	defer func() {
+		f.cancel()
 		if err != nil {
 			rollback(ctx, f.tx)
 		}
@@ -476,6 +489,22 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 		}
 		return res, fmt.Errorf("copying %d events from outbox pos %d into audit_events: %w",
 			len(f.c.idx), res.claimed[0], err)
+	}
+	if f.following {
+		// The counter now, without waiting: the move this one went on from
+		// has committed, so a holder is another relay's move, about to
+		// advance it; waiting could close a cycle PostgreSQL cannot see
+		// (this move's own rows may be what that move's copy waits for).
+		var before int64
+		if err := f.tx.QueryRow(ctx, lockSeqNowaitSQL).Scan(&before); err != nil {
+			if isLockNotAvailable(err) {
+				return res, errSpeculation
+			}
+			return res, fmt.Errorf("locking the seq counter: %w", err)
+		}
+		if before != res.lastSeq-int64(len(res.claimed)) {
+			return res, errSpeculation
+		}
 	}
 	ws, seq, hash := f.c.newHeads()
 	var moved, lastSeq int64
@@ -518,11 +547,14 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 	return res, nil
 }
 
-// abort rolls the move f back once its copy has returned.
+// abort rolls the move f back, ending its copy first. Cancelling a copy
+// may leave its connection unusable; callers end the pipeline after an
+// abort, so that the pool replaces it.
 func (r *Relay) abort(ctx context.Context, f *flight) {
 	if f.copied == nil {
 		return // claimed nothing, already committed
 	}
+	f.cancel()
 	<-f.copied
 	rollback(ctx, f.tx)
 }
@@ -577,6 +609,15 @@ func isTransient(err error) bool {
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err)
+}
+
+// lockNotAvailable is SQLSTATE lock_not_available (a NOWAIT lock refused).
+const lockNotAvailable = "55P03"
+
+// isLockNotAvailable reports whether err is a NOWAIT lock refused.
+func isLockNotAvailable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == lockNotAvailable
 }
 
 // uniqueViolation is SQLSTATE unique_violation.

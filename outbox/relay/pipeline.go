@@ -26,6 +26,16 @@ func (r *Relay) yielding() bool {
 // goes on making after the wait is taken for a later move.
 const secondConnWait = 20 * time.Millisecond
 
+// stallAfter is how long a pipeline waits for the older move's copy before
+// it rolls the newer move back. The newer move cannot end before the older
+// lands, so if the older's copy waits for a row lock the newer holds,
+// directly (a resend whose two rows fall in the two batches, the newer
+// copied first) or through another relay's move (which holds a resend of
+// one of the older's events and waits on one of the newer's), the relays
+// would wait for each other in a cycle PostgreSQL cannot see: the newer
+// backend is idle. A batch of the default size copies in well under this.
+const stallAfter = time.Second
+
 // pipelineResult is what one pipeline did.
 type pipelineResult struct {
 	moved int
@@ -33,6 +43,10 @@ type pipelineResult struct {
 	// lastFromHead whether it claimed from the head of the outbox.
 	lastClaimed  int
 	lastFromHead bool
+	// again: rows were left in the outbox for the next move to take at
+	// once (a move rolled back for a conflict or a stall), whatever the
+	// last move claimed.
+	again bool
 }
 
 // pipeline moves batches from the head of the outbox until one claims less
@@ -45,36 +59,43 @@ type pipelineResult struct {
 // next move goes on from where the previous one will end (its chainState):
 // seq numbers and chain heads that are only right if no other move commits
 // in between. It takes the counter lock only in its finish, after the
-// previous move has committed, and checks the counter stands where it
-// numbered its events up to; if another relay's move came in between, it
-// rolls back (errSpeculation) and its rows go to the next move, which starts
-// from the database under the lock. So seq stays strictly increasing in
-// commit order, and every chain link is to the event committed before it.
+// previous move has committed, without waiting (NOWAIT), and checks the
+// counter stands where the previous move left it; if another relay's move
+// holds it or came in between, it rolls back (errSpeculation) and its rows
+// go to the next move, which starts from the database under the lock. So
+// seq stays strictly increasing in commit order, and every chain link is to
+// the event committed before it. After such a conflict the relay moves one
+// batch at a time for conflictPause.
 //
-// After such a conflict the relay moves one batch at a time for
-// conflictPause. When a move fails, the move after it is rolled back, and
-// once the pipeline's connections are back in the pool the failed one is
-// dealt with as a single move's failure (redo). On stop, the oldest move in
-// flight commits and the one after it is rolled back.
+// A move never waits for the one after it: the older move's finish takes
+// its locks without waiting or already holds them, and if its copy has not
+// returned after stallAfter, the newer move is rolled back (see stallAfter).
+// When a move fails, the move after it is rolled back, and once the
+// pipeline's connections are back in the pool the failed one is dealt with
+// as a single move's failure (redo). On stop, the oldest move in flight
+// commits and the one after it is rolled back.
 func (r *Relay) pipeline(ctx context.Context, stop <-chan struct{}) (pipelineResult, error) {
-	p, failed, err := r.fly(ctx, stop)
+	p, failed, cause, err := r.fly(ctx, stop)
 	if failed != nil {
-		var n int
-		n, err = r.redo(ctx, failed.res.claimed, err)
+		if errors.Is(cause, errSpeculation) {
+			p.again = true
+		}
+		n, rerr := r.redo(ctx, failed.res.claimed, cause)
 		p.moved += n
 		r.observeBatch(failed.start)
+		err = errors.Join(err, rerr)
 	}
 	r.countFailure(ctx, err)
 	return p, err
 }
 
 // fly runs the pipeline's moves on connections of its own, up to the first
-// failure: failed is the move that failed with err once launched, nil if
-// none did.
-func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult, failed *flight, err error) {
+// failure: failed is a move that failed with cause once launched, nil if
+// none did; err is any other failure (a launch, a connection).
+func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult, failed *flight, cause, err error) {
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return p, nil, fmt.Errorf("acquiring a connection to move events: %w", err)
+		return p, nil, nil, fmt.Errorf("acquiring a connection to move events: %w", err)
 	}
 	conns := []*pgxpool.Conn{conn}
 	defer func() {
@@ -84,19 +105,25 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 	}()
 	triedSecond := false
 
-	// landed lands f, its failure ending the pipeline.
-	landed := func(f *flight) error {
+	// landed lands f; its failure ends the pipeline.
+	landed := func(f *flight) bool {
 		res, err := r.land(ctx, f)
 		p.moved += res.moved
 		if err != nil {
 			r.resetCursor()
-			failed = f
-			return err
+			failed, cause = f, err
+			return false
 		}
 		if len(res.claimed) > 0 {
 			r.observeBatch(f.start)
 		}
-		return nil
+		return true
+	}
+	// abandon rolls back cur, launched after the move in flight, and
+	// leaves its rows for the next move.
+	abandon := func(cur *flight) {
+		r.abort(ctx, cur)
+		r.resetCursor()
 	}
 
 	var prev *flight // in flight: launched, not yet landed
@@ -104,6 +131,10 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		var st *chainState
 		db := conns[0]
 		if prev != nil {
+			if stopping(stop) {
+				landed(prev)
+				return p, failed, cause, nil
+			}
 			yielding := r.yielding()
 			// After one wait, only a connection idle by now is taken: one
 			// the pool was making during the wait, say.
@@ -123,8 +154,8 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 				// move lands first.
 				f := prev
 				prev = nil
-				if err := landed(f); err != nil || stopping(stop) {
-					return p, failed, err
+				if !landed(f) || stopping(stop) {
+					return p, failed, cause, nil
 				}
 			}
 		}
@@ -135,29 +166,53 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		if err != nil {
 			r.observeBatch(cur.start)
 			if prev != nil {
-				err = errors.Join(err, landed(prev))
+				landed(prev)
 			}
-			return p, failed, err
+			return p, failed, cause, err
 		}
 
 		if prev != nil {
-			if err := landed(prev); err != nil {
-				// cur went on from prev's end: roll it back too.
-				r.abort(ctx, cur)
-				return p, failed, err
+			if !copiedWithin(prev, stallAfter) {
+				r.log.Warn("relay: a move's copy is stalled; rolling back the move launched after it",
+					"stalled_for", stallAfter, "first_pos", prev.res.claimed[0])
+				abandon(cur)
+				r.stalls.Add(1)
+				p.again = true
+				landed(prev)
+				return p, failed, cause, nil
+			}
+			if !landed(prev) {
+				abandon(cur) // it went on from prev's end
+				return p, failed, cause, nil
 			}
 			prev = nil
 			if stopping(stop) {
-				r.abort(ctx, cur)
-				r.resetCursor()
-				return p, nil, nil
+				abandon(cur)
+				return p, nil, nil, nil
 			}
 		}
 
 		if len(cur.res.claimed) < r.cfg.BatchSize || stopping(stop) {
-			return p, failed, landed(cur)
+			landed(cur)
+			return p, failed, cause, nil
 		}
 		prev = cur
+	}
+}
+
+// copiedWithin waits up to d for f's copy to return, and reports whether it
+// did.
+func copiedWithin(f *flight, d time.Duration) bool {
+	if f.copied == nil {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.copied:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 

@@ -129,7 +129,10 @@ type Relay struct {
 	run *runState // the running loop, nil when stopped
 
 	batches, moved, duplicates, deadLettered, errors, conflicts atomic.Uint64
-	lastSeq                                                     atomic.Int64
+	// stalls counts newer moves rolled back because the older one's copy
+	// stalled (pipeline.go, stallAfter); for tests.
+	stalls  atomic.Uint64
+	lastSeq atomic.Int64
 
 	// claimFrom is the claim cursor: the last pos of the previous full
 	// batch while a backlog drains, 0 to claim from the head. See
@@ -335,8 +338,8 @@ func (r *Relay) loop(ctx context.Context, st *runState) {
 			r.log.Info("relay: recovered", "consecutive_failures", failures)
 			failures = 0
 		}
-		if p.lastClaimed >= r.cfg.BatchSize {
-			continue // more is waiting (or the move raced another relay's)
+		if p.lastClaimed >= r.cfg.BatchSize || p.again {
+			continue // more is waiting
 		}
 		if !r.wait(ctx, st, r.cfg.PollInterval, true) {
 			return
