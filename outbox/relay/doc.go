@@ -88,7 +88,8 @@
 // cycle PostgreSQL cannot see (the later move's backend sits idle until the
 // earlier lands): the earlier move's finish takes the counter without
 // waiting, or holds it already; and if its copy has not returned within a
-// second, it may be waiting on a row the later move inserted (a resent
+// second (or three times the last copy's duration, for batches that copy
+// for longer), it may be waiting on a row the later move inserted (a resent
 // event with one row in each batch, directly or through another relay's
 // move), so the later move is rolled back.
 //

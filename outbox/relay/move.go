@@ -461,7 +461,11 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 	f.copied = make(chan struct{})
 	go func() {
 		defer close(f.copied)
+		start := time.Now()
 		f.stored, f.copyErr = f.tx.CopyFrom(copyCtx, pgx.Identifier{"audit_events"}, eventColumns, f.c)
+		if f.copyErr == nil {
+			r.lastCopy.Store(int64(time.Since(start)))
+		}
 	}()
 	return f, nil
 }

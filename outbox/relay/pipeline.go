@@ -33,8 +33,17 @@ const secondConnWait = 20 * time.Millisecond
 // copied first) or through another relay's move (which holds a resend of
 // one of the older's events and waits on one of the newer's), the relays
 // would wait for each other in a cycle PostgreSQL cannot see: the newer
-// backend is idle. A batch of the default size copies in well under this.
+// backend is idle. A batch of the default size copies in well under this;
+// stallLimit allows large batches longer.
 const stallAfter = time.Second
+
+// stallLimit is how long to wait for a copy before calling it stalled:
+// stallAfter, or three times the last copy's duration when batches are
+// large enough to copy for longer, so that a slow but moving copy does not
+// cost the move launched after it.
+func stallLimit(lastCopy time.Duration) time.Duration {
+	return max(stallAfter, 3*lastCopy)
+}
 
 // pipelineResult is what one pipeline did.
 type pipelineResult struct {
@@ -69,7 +78,7 @@ type pipelineResult struct {
 //
 // A move never waits for the one after it: the older move's finish takes
 // its locks without waiting or already holds them, and if its copy has not
-// returned after stallAfter, the newer move is rolled back (see stallAfter).
+// returned after stallLimit, the newer move is rolled back (see stallAfter).
 // When a move fails, the move after it is rolled back, and once the
 // pipeline's connections are back in the pool the failed one is dealt with
 // as a single move's failure (redo). On stop, the oldest move in flight
@@ -172,9 +181,9 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		}
 
 		if prev != nil {
-			if !copiedWithin(prev, stallAfter) {
+			if limit := stallLimit(time.Duration(r.lastCopy.Load())); !copiedWithin(prev, limit) {
 				r.log.Warn("relay: a move's copy is stalled; rolling back the move launched after it",
-					"stalled_for", stallAfter, "first_pos", prev.res.claimed[0])
+					"stalled_for", limit, "first_pos", prev.res.claimed[0])
 				abandon(cur)
 				r.stalls.Add(1)
 				p.again = true

@@ -303,3 +303,12 @@ func TestPipelineCancelledMidCopy(t *testing.T) {
 	require.Equal(t, 2000, int(stored)+n)
 	requireIntactChains(t, pool, 2000)
 }
+
+// A copy counts as stalled after a second, or after three times the last
+// copy's duration when that is longer (large batches).
+func TestStallLimit(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, stallAfter, stallLimit(0))
+	require.Equal(t, stallAfter, stallLimit(30*time.Millisecond))
+	require.Equal(t, 6*time.Second, stallLimit(2*time.Second))
+}

@@ -133,6 +133,9 @@ type Relay struct {
 	// stalled (pipeline.go, stallAfter); for tests.
 	stalls  atomic.Uint64
 	lastSeq atomic.Int64
+	// lastCopy is how long the last completed copy took, in nanoseconds
+	// (stallLimit).
+	lastCopy atomic.Int64
 
 	// claimFrom is the claim cursor: the last pos of the previous full
 	// batch while a backlog drains, 0 to claim from the head. See
