@@ -86,12 +86,17 @@
 //
 // A move never waits for the one launched after it, which would close a
 // cycle PostgreSQL cannot see (the later move's backend sits idle until the
-// earlier lands): the earlier move's finish takes the counter without
-// waiting, or holds it already; and if its copy has not returned within a
-// second (or three times the last copy's duration, for batches that copy
-// for longer), it may be waiting on a row the later move inserted (a resent
-// event with one row in each batch, directly or through another relay's
-// move), so the later move is rolled back.
+// earlier lands). A move launched ahead waits for no lock longer than a
+// second (lock_timeout): if one is held, or queued for, say by a
+// migration's ALTER TABLE waiting behind the move in flight, it gives way,
+// is rolled back, and the relay moves one batch at a time for 10 seconds.
+// The first move of a pipeline already holds every lock its finish needs.
+// And if the earlier move's copy has not returned within a second (or three
+// times the last copy's duration, for batches that copy for longer) and its
+// backend waits for a lock, that may be a row the later move inserted (a
+// resent event with one row in each batch, directly or through another
+// relay's move), so the later move is rolled back; a copy that is only slow
+// is waited for.
 //
 // When a move fails, the move after it is rolled back too, and the failed
 // one is dealt with as below. Without a second connection to spare (a pool

@@ -59,10 +59,14 @@ const lockSeqSQL = `SELECT last_seq, set_config('jit', 'off', true) FROM audit_s
 // rather than waiting when another relay's move holds it.
 const lockSeqNowaitSQL = `SELECT last_seq FROM audit_seq FOR UPDATE NOWAIT`
 
-// jitOffSQL turns JIT off for a move that goes on from the move in flight
-// before it (lockSeqSQL says why); such a move takes the counter lock only
-// in its finish.
-const jitOffSQL = `SELECT set_config('jit', 'off', true)`
+// followingSettingsSQL starts a move launched while another is in flight:
+// JIT off, as lockSeqSQL turns it off for the others, and a lock_timeout
+// (stallAfter), so that no statement of the move waits long for a lock.
+// Such a move must not wait behind anything that may wait for the move in
+// flight, which cannot end before this one: a DDL statement queued behind
+// the move in flight (a migration's ALTER TABLE, say) would otherwise hold
+// up its claim or its finish in a cycle PostgreSQL cannot see.
+const followingSettingsSQL = `SELECT set_config('jit', 'off', true), set_config('lock_timeout', '1s', true)`
 
 // chainHeadsSQL reads the chain heads of the workspaces $1.
 const chainHeadsSQL = `SELECT workspace_id, hash FROM audit_chain_heads WHERE workspace_id = ANY($1::text[])`
@@ -158,6 +162,12 @@ type moveResult struct {
 // its rows are left for the next move, which starts from the database.
 var errSpeculation = errors.New("relay: another relay moved events meanwhile; the move was rolled back to be done again")
 
+// errGaveWay reports that a move launched while another was in flight gave
+// way: a lock it needed was not free within its lock_timeout
+// (followingSettingsSQL). It was rolled back and its rows are left for the
+// next move.
+var errGaveWay = errors.New("relay: a move launched ahead gave way to a lock it could not take at once")
+
 // beginner begins transactions: the pool, or a connection a pipeline holds.
 type beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
@@ -176,6 +186,8 @@ type flight struct {
 	// following: the move went on from one still in flight (st was
 	// given), so it has not locked the counter yet.
 	following bool
+	// pid is the move's backend (stall checks).
+	pid uint32
 	// from is the claim cursor the move claimed after (0: the head).
 	from int64
 	st   *chainState
@@ -254,6 +266,12 @@ func (r *Relay) redo(ctx context.Context, claimed []int64, cause error) (moved i
 			r.metrics.conflicts.Inc()
 		}
 		r.log.Info("relay: another relay's move committed first; this move was rolled back and its rows move next",
+			"rows", len(claimed), "first_pos", claimed[0])
+		return 0, nil
+	}
+	if errors.Is(cause, errGaveWay) {
+		r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
+		r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); it was rolled back and its rows move next",
 			"rows", len(claimed), "first_pos", claimed[0])
 		return 0, nil
 	}
@@ -423,6 +441,12 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 		}
 	}()
 
+	f.following = st != nil
+	if f.following {
+		if _, err := f.tx.Exec(ctx, followingSettingsSQL); err != nil {
+			return f, fmt.Errorf("setting up a move launched ahead: %w", err)
+		}
+	}
 	rows, err := claimRows(ctx, f.tx, positions, r.cfg.BatchSize, f.from)
 	if err != nil {
 		return f, err
@@ -438,17 +462,15 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 		return f, nil
 	}
 
-	f.following = st != nil
 	if !f.following {
 		var lastSeq int64
 		if err := f.tx.QueryRow(ctx, lockSeqSQL).Scan(&lastSeq, nil); err != nil {
 			return f, fmt.Errorf("locking the seq counter: %w", err)
 		}
 		st = r.newChainState(lastSeq)
-	} else if _, err := f.tx.Exec(ctx, jitOffSQL); err != nil {
-		return f, fmt.Errorf("turning JIT off: %w", err)
 	}
 	f.st = st
+	f.pid = f.tx.Conn().PgConn().PID()
 	if f.c, err = r.chain(ctx, f.tx, rows, st, dedupe); err != nil {
 		return f, err
 	}
@@ -484,6 +506,11 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 		f.cancel()
 		if err != nil {
 			rollback(ctx, f.tx)
+		}
+	}()
+	defer func() {
+		if err != nil && f.following && isLockNotAvailable(err) {
+			err = errGaveWay
 		}
 	}()
 	if err := f.copyErr; err != nil {

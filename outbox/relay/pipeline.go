@@ -76,9 +76,12 @@ type pipelineResult struct {
 // the event committed before it. After such a conflict the relay moves one
 // batch at a time for conflictPause.
 //
-// A move never waits for the one after it: the older move's finish takes
-// its locks without waiting or already holds them, and if its copy has not
-// returned after stallLimit, the newer move is rolled back (see stallAfter).
+// A move never waits for the one after it: a move launched ahead waits for
+// no lock longer than a second (followingSettingsSQL; it gives way and is
+// rolled back, errGaveWay), the first move of a pipeline holds every lock
+// its finish needs, and if the older move's copy has not returned after
+// stallLimit and waits for a lock, the newer move is rolled back (see
+// stallAfter).
 // When a move fails, the move after it is rolled back, and once the
 // pipeline's connections are back in the pool the failed one is dealt with
 // as a single move's failure (redo). On stop, the oldest move in flight
@@ -174,6 +177,15 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		p.lastClaimed, p.lastFromHead = len(cur.res.claimed), cur.from == 0
 		if err != nil {
 			r.observeBatch(cur.start)
+			if prev != nil && isLockNotAvailable(err) {
+				// It gave way (followingSettingsSQL): not a failure.
+				r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); moving one batch at a time for a while",
+					"error", err)
+				r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
+				p.again = true
+				landed(prev)
+				return p, failed, cause, nil
+			}
 			if prev != nil {
 				landed(prev)
 			}
@@ -181,7 +193,7 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		}
 
 		if prev != nil {
-			if limit := stallLimit(time.Duration(r.lastCopy.Load())); !copiedWithin(prev, limit) {
+			if limit := stallLimit(time.Duration(r.lastCopy.Load())); r.stalled(ctx, prev, limit) {
 				r.log.Warn("relay: a move's copy is stalled; rolling back the move launched after it",
 					"stalled_for", limit, "first_pos", prev.res.claimed[0])
 				abandon(cur)
@@ -207,6 +219,26 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		}
 		prev = cur
 	}
+}
+
+// blockedSQL tells whether the backend $1 waits for a lock.
+const blockedSQL = `SELECT cardinality(pg_blocking_pids($1)) > 0`
+
+// stalled waits for f's copy and reports whether it stalled: it has not
+// returned after limit and its backend waits for a lock (or, when the pool
+// cannot tell within a second, may). A copy that is only slow is waited
+// for.
+func (r *Relay) stalled(ctx context.Context, f *flight, limit time.Duration) bool {
+	for !copiedWithin(f, limit) {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		var blocked bool
+		err := r.pool.QueryRow(qctx, blockedSQL, int64(f.pid)).Scan(&blocked)
+		cancel()
+		if err != nil || blocked {
+			return true
+		}
+	}
+	return false
 }
 
 // copiedWithin waits up to d for f's copy to return, and reports whether it
