@@ -88,7 +88,7 @@ WHERE datname = current_database() AND state = 'idle in transaction' AND query I
 	require.NoError(t, err, "Drain did not finish: the pipeline deadlocked on the resend")
 	require.Equal(t, 200, n)
 	requireIntactChains(t, pool, 199)
-	require.Equal(t, uint64(1), r.stalls.Load(), "the newer move was rolled back for the stall")
+	require.Equal(t, uint64(1), r.Stats().GaveWay, "the newer move was rolled back for the stall")
 	require.Equal(t, uint64(1), r.Stats().Duplicates)
 }
 

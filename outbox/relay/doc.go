@@ -121,7 +121,8 @@
 //
 // With Config.Registerer set the relay registers auditlog_relay_moved_total,
 // auditlog_relay_errors_total, auditlog_relay_dead_letters_total,
-// auditlog_relay_conflicts_total (Stats.Conflicts), the
+// auditlog_relay_conflicts_total (Stats.Conflicts),
+// auditlog_relay_gave_way_total (Stats.GaveWay), the
 // auditlog_relay_batch_seconds histogram, and a collector reporting
 // auditlog_outbox_depth, auditlog_outbox_oldest_age_seconds and
 // auditlog_dead_letters (rows now in audit_dead_letters). The collector runs

@@ -28,6 +28,7 @@ type metrics struct {
 	errors       prometheus.Counter
 	deadLetters  prometheus.Counter
 	conflicts    prometheus.Counter
+	gaveWay      prometheus.Counter
 	batchSeconds prometheus.Histogram
 }
 
@@ -59,6 +60,12 @@ func newMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, log *slog.Logger)
 	if m.conflicts, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "auditlog_relay_conflicts_total",
 		Help: "Relay moves rolled back because another relay's move committed while they were in flight; their rows moved again.",
+	})); err != nil {
+		return nil, err
+	}
+	if m.gaveWay, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "auditlog_relay_gave_way_total",
+		Help: "Relay moves launched ahead rolled back because a lock got in their way (DDL on the relay's tables, or the move before them waiting for a lock); their rows moved again.",
 	})); err != nil {
 		return nil, err
 	}

@@ -271,6 +271,7 @@ func (r *Relay) redo(ctx context.Context, claimed []int64, cause error) (moved i
 	}
 	if errors.Is(cause, errGaveWay) {
 		r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
+		r.countGaveWay()
 		r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); it was rolled back and its rows move next",
 			"rows", len(claimed), "first_pos", claimed[0])
 		return 0, nil

@@ -182,6 +182,7 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 				r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); moving one batch at a time for a while",
 					"error", err)
 				r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
+				r.countGaveWay()
 				p.again = true
 				landed(prev)
 				return p, failed, cause, nil
@@ -197,7 +198,7 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 				r.log.Warn("relay: a move's copy is stalled; rolling back the move launched after it",
 					"stalled_for", limit, "first_pos", prev.res.claimed[0])
 				abandon(cur)
-				r.stalls.Add(1)
+				r.countGaveWay()
 				p.again = true
 				landed(prev)
 				return p, failed, cause, nil
@@ -218,6 +219,14 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 			return p, failed, cause, nil
 		}
 		prev = cur
+	}
+}
+
+// countGaveWay counts a move launched ahead that gave way.
+func (r *Relay) countGaveWay() {
+	r.gaveWay.Add(1)
+	if r.metrics != nil {
+		r.metrics.gaveWay.Inc()
 	}
 }
 

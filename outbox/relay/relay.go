@@ -107,6 +107,11 @@ type Stats struct {
 	// doc); their rows moved again at once. Frequent conflicts mean
 	// several relays compete for one outbox.
 	Conflicts uint64
+	// GaveWay is the number of moves launched ahead (see the package doc)
+	// rolled back because a lock got in their way: a DDL statement queued
+	// on the relay's tables, or the move before them waiting for a lock.
+	// Their rows moved again at once.
+	GaveWay uint64
 	// LastSeq is the highest seq reserved by this relay's last committed
 	// move, or 0.
 	LastSeq int64
@@ -128,11 +133,8 @@ type Relay struct {
 	mu  sync.Mutex
 	run *runState // the running loop, nil when stopped
 
-	batches, moved, duplicates, deadLettered, errors, conflicts atomic.Uint64
-	// stalls counts newer moves rolled back because the older one's copy
-	// stalled (pipeline.go, stallAfter); for tests.
-	stalls  atomic.Uint64
-	lastSeq atomic.Int64
+	batches, moved, duplicates, deadLettered, errors, conflicts, gaveWay atomic.Uint64
+	lastSeq                                                              atomic.Int64
 	// lastCopy is how long the last completed copy took, in nanoseconds
 	// (stallLimit).
 	lastCopy atomic.Int64
@@ -263,6 +265,7 @@ func (r *Relay) Stats() Stats {
 		DeadLettered: r.deadLettered.Load(),
 		Errors:       r.errors.Load(),
 		Conflicts:    r.conflicts.Load(),
+		GaveWay:      r.gaveWay.Load(),
 		LastSeq:      r.lastSeq.Load(),
 	}
 }
