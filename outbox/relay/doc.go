@@ -89,7 +89,9 @@
 // earlier lands). A move launched ahead waits for no lock longer than a
 // second (lock_timeout): if one is held, or queued for, say by a
 // migration's ALTER TABLE waiting behind the move in flight, it gives way,
-// is rolled back, and the relay moves one batch at a time for 10 seconds.
+// is rolled back (Stats.GaveWay and auditlog_relay_gave_way_total count
+// these, with the stalls below), and the relay moves one batch at a time
+// for 10 seconds.
 // The first move of a pipeline already holds every lock its finish needs.
 // And if the earlier move's copy has not returned within a second (or three
 // times the last copy's duration, for batches that copy for longer) and its
