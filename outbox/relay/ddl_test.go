@@ -177,8 +177,7 @@ func TestPipelineGivesWayToDDLOnChainHeads(t *testing.T) {
 		other[i].WorkspaceID = "ws_other"
 	}
 	record(t, pool, other) // the third move reads ws_other's head
-	warm(t, pool)
-	r := newRelay(t, pool, Config{BatchSize: 100})
+	r := pipelinedRelay(t, pool, Config{BatchSize: 100})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	d := &queuedDDL{t: t, pool: ddlPool, timeout: 6 * time.Second,
@@ -229,8 +228,7 @@ FOR EACH ROW WHEN (NEW.workspace_id = 'ws_slow') EXECUTE FUNCTION slow_insert();
 		record(t, pool, slow)
 		record(t, pool, events(100))
 	}
-	warm(t, pool)
-	r := newRelay(t, pool, Config{BatchSize: 100})
+	r := pipelinedRelay(t, pool, Config{BatchSize: 100})
 	var launched atomic.Int64
 	r.hooks.launched = func(moveResult, bool) { launched.Add(1) }
 	start := time.Now()

@@ -90,15 +90,15 @@
 // second (lock_timeout): if one is held, or queued for, say by a
 // migration's ALTER TABLE waiting behind the move in flight, it gives way,
 // is rolled back (Stats.GaveWay and auditlog_relay_gave_way_total count
-// these, with the stalls below), and the relay moves one batch at a time
-// for 10 seconds.
+// these, with the stalls below).
 // The first move of a pipeline already holds every lock its finish needs.
 // And if the earlier move's copy has not returned within a second (or three
 // times the last copy's duration, for batches that copy for longer) and its
 // backend waits for a lock, that may be a row the later move inserted (a
 // resent event with one row in each batch, directly or through another
 // relay's move), so the later move is rolled back; a copy that is only slow
-// is waited for.
+// is waited for. After either, too, the relay moves one batch at a time for
+// 10 seconds.
 //
 // When a move fails, the move after it is rolled back too, and the failed
 // one is dealt with as below. Without a second connection to spare (a pool

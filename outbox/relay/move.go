@@ -164,9 +164,22 @@ var errSpeculation = errors.New("relay: another relay moved events meanwhile; th
 
 // errGaveWay reports that a move launched while another was in flight gave
 // way: a lock it needed was not free within its lock_timeout
-// (followingSettingsSQL). It was rolled back and its rows are left for the
-// next move.
-var errGaveWay = errors.New("relay: a move launched ahead gave way to a lock it could not take at once")
+// (followingSettingsSQL), or the move before it stalled waiting for a lock
+// (Relay.stalled). It was rolled back and its rows are left for the next
+// move.
+var errGaveWay = errors.New("relay: a move launched ahead gave way")
+
+// rowsLeft reports whether a move that failed with err was rolled back on
+// purpose, its rows left in the outbox for the next move to take at once.
+func rowsLeft(err error) bool {
+	return errors.Is(err, errSpeculation) || errors.Is(err, errGaveWay)
+}
+
+// gaveWay wraps err, a lock a move launched ahead could not take at once,
+// as errGaveWay.
+func gaveWay(err error) error {
+	return fmt.Errorf("%w: %w", errGaveWay, err)
+}
 
 // beginner begins transactions: the pool, or a connection a pipeline holds.
 type beginner interface {
@@ -254,26 +267,14 @@ func (r *Relay) observeBatch(start time.Time) {
 }
 
 // redo deals with a move of claimed that failed with cause and was rolled
-// back: a move that raced another relay's is left for the next move; a
-// batch holding a resend is moved again, looking for resends first; a
-// batch holding a row that cannot be stored is split to isolate it. Any
-// other error is returned, the rows staying in the outbox.
+// back: a move launched ahead that raced another relay's or gave way is
+// left for the next move (yield); a batch holding a resend is moved again,
+// looking for resends first; a batch holding a row that cannot be stored is
+// split to isolate it. Any other error is returned, the rows staying in the
+// outbox.
 func (r *Relay) redo(ctx context.Context, claimed []int64, cause error) (moved int, err error) {
-	if errors.Is(cause, errSpeculation) {
-		r.conflicts.Add(1)
-		r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
-		if r.metrics != nil {
-			r.metrics.conflicts.Inc()
-		}
-		r.log.Info("relay: another relay's move committed first; this move was rolled back and its rows move next",
-			"rows", len(claimed), "first_pos", claimed[0])
-		return 0, nil
-	}
-	if errors.Is(cause, errGaveWay) {
-		r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
-		r.countGaveWay()
-		r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); it was rolled back and its rows move next",
-			"rows", len(claimed), "first_pos", claimed[0])
+	if rowsLeft(cause) {
+		r.yield(cause, claimed)
 		return 0, nil
 	}
 	err = cause
@@ -436,13 +437,17 @@ func (r *Relay) launch(ctx context.Context, db beginner, positions []int64, dedu
 	if err != nil {
 		return f, fmt.Errorf("beginning move transaction: %w", err)
 	}
+	f.following = st != nil
 	defer func() {
-		if err != nil {
-			rollback(ctx, f.tx)
+		if err == nil {
+			return
+		}
+		rollback(ctx, f.tx)
+		if f.following && isLockNotAvailable(err) {
+			err = gaveWay(err)
 		}
 	}()
 
-	f.following = st != nil
 	if f.following {
 		if _, err := f.tx.Exec(ctx, followingSettingsSQL); err != nil {
 			return f, fmt.Errorf("setting up a move launched ahead: %w", err)
@@ -505,13 +510,12 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 	<-f.copied
 	defer func() {
 		f.cancel()
-		if err != nil {
-			rollback(ctx, f.tx)
+		if err == nil {
+			return
 		}
-	}()
-	defer func() {
-		if err != nil && f.following && isLockNotAvailable(err) {
-			err = errGaveWay
+		rollback(ctx, f.tx)
+		if f.following && isLockNotAvailable(err) {
+			err = gaveWay(err)
 		}
 	}()
 	if err := f.copyErr; err != nil {
@@ -545,12 +549,14 @@ func (r *Relay) land(ctx context.Context, f *flight) (res moveResult, err error)
 		return res, fmt.Errorf("moving %d outbox rows from pos %d into audit_events: %w",
 			len(res.claimed), res.claimed[0], err)
 	}
-	if lastSeq != res.lastSeq {
-		// Another move committed between the one f went on from and f's
-		// finish.
-		return res, errSpeculation
-	}
 	res.moved, res.stored = int(moved), int(f.stored)
+	if lastSeq != res.lastSeq {
+		// Impossible with the counter locked and, for a move launched
+		// ahead, checked above; refuse to commit seq numbers that do not
+		// match it.
+		return res, fmt.Errorf("moving %d outbox rows from pos %d: the counter ended at %d, not %d",
+			len(res.claimed), res.claimed[0], lastSeq, res.lastSeq)
+	}
 	if res.moved != len(res.claimed) {
 		// Impossible while the claim's row locks hold; refuse to commit a
 		// chain that would not match the outbox.

@@ -10,12 +10,12 @@ import (
 )
 
 // conflictPause is how long a relay moves one batch at a time after a move
-// of its was rolled back because another relay's committed first: relays
-// competing for one outbox would otherwise roll back most of the moves
-// they launch ahead, each a copy's worth of dead rows and WAL.
+// it launched ahead was rolled back (yield): relays competing for one
+// outbox would otherwise roll back most of the moves they launch ahead,
+// each a copy's worth of dead rows and WAL.
 const conflictPause = 10 * time.Second
 
-// yielding reports whether a conflict with another relay's move is recent
+// yielding reports whether a move launched ahead was rolled back recently
 // enough (conflictPause) to move one batch at a time.
 func (r *Relay) yielding() bool {
 	return time.Now().UnixNano() < r.pauseUntil.Load()
@@ -77,11 +77,11 @@ type pipelineResult struct {
 // batch at a time for conflictPause.
 //
 // A move never waits for the one after it: a move launched ahead waits for
-// no lock longer than a second (followingSettingsSQL; it gives way and is
-// rolled back, errGaveWay), the first move of a pipeline holds every lock
-// its finish needs, and if the older move's copy has not returned after
-// stallLimit and waits for a lock, the newer move is rolled back (see
-// stallAfter).
+// no lock longer than a second (followingSettingsSQL), the first move of a
+// pipeline holds every lock its finish needs, and if the older move's copy
+// has not returned after stallLimit and waits for a lock, the newer move is
+// rolled back (see stallAfter). Either way the newer move gave way
+// (errGaveWay) and the relay moves one batch at a time for conflictPause.
 // When a move fails, the move after it is rolled back, and once the
 // pipeline's connections are back in the pool the failed one is dealt with
 // as a single move's failure (redo). On stop, the oldest move in flight
@@ -89,9 +89,7 @@ type pipelineResult struct {
 func (r *Relay) pipeline(ctx context.Context, stop <-chan struct{}) (pipelineResult, error) {
 	p, failed, cause, err := r.fly(ctx, stop)
 	if failed != nil {
-		if errors.Is(cause, errSpeculation) {
-			p.again = true
-		}
+		p.again = p.again || rowsLeft(cause)
 		n, rerr := r.redo(ctx, failed.res.claimed, cause)
 		p.moved += n
 		r.observeBatch(failed.start)
@@ -177,28 +175,22 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 		p.lastClaimed, p.lastFromHead = len(cur.res.claimed), cur.from == 0
 		if err != nil {
 			r.observeBatch(cur.start)
-			if prev != nil && isLockNotAvailable(err) {
-				// It gave way (followingSettingsSQL): not a failure.
-				r.log.Warn("relay: a move launched ahead waited for a lock (DDL on the relay's tables?); moving one batch at a time for a while",
-					"error", err)
-				r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
-				r.countGaveWay()
-				p.again = true
-				landed(prev)
-				return p, failed, cause, nil
-			}
 			if prev != nil {
 				landed(prev)
+			}
+			if errors.Is(err, errGaveWay) { // not a failure
+				r.yield(err, cur.res.claimed)
+				p.again = true
+				return p, failed, cause, nil
 			}
 			return p, failed, cause, err
 		}
 
 		if prev != nil {
 			if limit := stallLimit(time.Duration(r.lastCopy.Load())); r.stalled(ctx, prev, limit) {
-				r.log.Warn("relay: a move's copy is stalled; rolling back the move launched after it",
-					"stalled_for", limit, "first_pos", prev.res.claimed[0])
 				abandon(cur)
-				r.countGaveWay()
+				r.yield(fmt.Errorf("%w: the move before it has copied for %s and waits for a lock", errGaveWay, limit),
+					cur.res.claimed)
 				p.again = true
 				landed(prev)
 				return p, failed, cause, nil
@@ -222,12 +214,31 @@ func (r *Relay) fly(ctx context.Context, stop <-chan struct{}) (p pipelineResult
 	}
 }
 
-// countGaveWay counts a move launched ahead that gave way.
-func (r *Relay) countGaveWay() {
+// yield records a move launched ahead that was rolled back with cause
+// (rowsLeft) after claiming claimed, which the next move takes: counted as
+// a conflict (errSpeculation) or as giving way (errGaveWay), logged, and
+// the relay moves one batch at a time for conflictPause.
+func (r *Relay) yield(cause error, claimed []int64) {
+	r.pauseUntil.Store(time.Now().Add(conflictPause).UnixNano())
+	var first any // none when the claim itself gave way
+	if len(claimed) > 0 {
+		first = claimed[0]
+	}
+	if errors.Is(cause, errSpeculation) {
+		r.conflicts.Add(1)
+		if r.metrics != nil {
+			r.metrics.conflicts.Inc()
+		}
+		r.log.Info("relay: another relay's move committed first; this move was rolled back and its rows move next",
+			"rows", len(claimed), "first_pos", first)
+		return
+	}
 	r.gaveWay.Add(1)
 	if r.metrics != nil {
 		r.metrics.gaveWay.Inc()
 	}
+	r.log.Warn("relay: a move launched ahead gave way and was rolled back; its rows move next",
+		"rows", len(claimed), "first_pos", first, "error", cause)
 }
 
 // blockedSQL tells whether the backend $1 waits for a lock.
