@@ -58,10 +58,15 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 	} {
 		code, _, errOut := runCLI(t, args...)
 		require.Equal(t, 2, code, "%v: %s", args, errOut)
-		require.Contains(t, errOut, "Usage:", args)
+		// Reported once: the usage and the error, not the flag package's
+		// own report of the same mistake besides.
+		require.Equal(t, 1, strings.Count(errOut, "Usage:"), "%v: %s", args, errOut)
+		require.Equal(t, 1, strings.Count(errOut, "error: "), "%v: %s", args, errOut)
+		require.NotContains(t, errOut, "Usage of", args)
 	}
-	code, _, _ := runCLI(t, "export", "-h")
+	code, _, errOut := runCLI(t, "export", "-h")
 	require.Equal(t, 0, code, "-h is no mistake")
+	require.Contains(t, errOut, "-workspace", "-h shows the command's flags")
 }
 
 func TestBadConfigNamesTheKey(t *testing.T) {

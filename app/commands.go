@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/auditlog/auditlog/api/auth"
+	"github.com/auditlog/auditlog/app/cliflag"
 	"github.com/auditlog/auditlog/app/exportcmd"
 	"github.com/auditlog/auditlog/app/partitions"
 	"github.com/auditlog/auditlog/modules/members"
@@ -30,7 +31,7 @@ func newFlagSet(name string, w io.Writer) *flag.FlagSet {
 
 // parseFlags parses args with fs; see argumentError.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return argumentError(fmt.Errorf("%s: %w", fs.Name(), err))
 	}
 	return nil

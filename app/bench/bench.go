@@ -59,6 +59,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/auditlog/auditlog/app/cliflag"
 	"github.com/auditlog/auditlog/app/partitions"
 	"github.com/auditlog/auditlog/migrations"
 	"github.com/auditlog/auditlog/outbox"
@@ -122,7 +123,7 @@ type config struct {
 	profileDir   string
 }
 
-// usage is printed for -h and bad arguments.
+// usage is printed for -h.
 const usage = `usage: auditlog bench <record|pipeline|ingest|query|export|all> [flags]
 
 Creates a scratch database auditlog_bench_<random> on the configured server,
@@ -132,7 +133,6 @@ measures, prints key=value figures on stdout and drops the database.
 func parseArgs(args []string, stderr io.Writer) (config, error) {
 	var c config
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fmt.Fprint(stderr, usage)
 		return c, errors.New("bench: name a stage: record, pipeline, ingest, query, export or all")
 	}
 	stage := args[0]
@@ -142,7 +142,6 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	case StageRecord, StagePipeline, StageIngest, StageQuery, StageExport:
 		c.stages = []string{stage}
 	default:
-		fmt.Fprint(stderr, usage)
 		return c, fmt.Errorf("bench: unknown stage %q", stage)
 	}
 	fs := flag.NewFlagSet("bench "+stage, flag.ContinueOnError)
@@ -167,7 +166,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.checkpoint, "checkpoint", true, "CHECKPOINT before each timed phase (needs superuser or pg_checkpoint)")
 	fs.StringVar(&c.plansFile, "plans", "", "write the EXPLAIN (ANALYZE, BUFFERS) plan of every query shape to this file")
 	fs.StringVar(&c.profileDir, "cpuprofile", "", "write a Go CPU profile of each stage (<stage>.pprof) to this directory")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := cliflag.Parse(fs, args[1:]); err != nil {
 		return c, fmt.Errorf("bench: %w", err)
 	}
 	if fs.NArg() > 0 {

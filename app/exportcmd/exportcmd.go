@@ -44,6 +44,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/auditlog/auditlog/api/events"
+	"github.com/auditlog/auditlog/app/cliflag"
 	"github.com/auditlog/auditlog/outbox"
 )
 
@@ -127,7 +128,7 @@ func Parse(args []string, stderr io.Writer) (*Request, error) {
 			fs.Var(&lists[i], fp.param, "same as --"+fp.flag)
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
