@@ -12,10 +12,11 @@
 //     either; medians of many, the three kinds interleaved.
 //   - pipeline: --events events written through RecordBatch, then relayed
 //     (Relay.Drain, as the relay loop moves a backlog) until the outbox is
-//     empty; the floor is the same rows
-//     inserted into the same audit_events by one INSERT ... SELECT, and
-//     RecordBatch is compared with a raw COPY of the same rows into the
-//     outbox. Also the bytes stored per event.
+//     empty; the floor is the same rows inserted into the same audit_events
+//     by one INSERT ... SELECT. RecordBatch is compared with a raw COPY of
+//     the same rows into the outbox, in phases and batch by batch in turn
+//     (interleaved, the figure its target reads). Also the bytes stored per
+//     event.
 //   - ingest: POST /v1/events with batches of --batch from --clients
 //     concurrent clients, against raw COPY of the same rows into the outbox
 //     with the same batches and concurrency.

@@ -308,6 +308,8 @@ func (b *bench) relayAll(ctx context.Context, unchained bool) (total, half time.
 	}
 	select {
 	case half = <-halfway:
+		// The watcher may tick after Drain returned.
+		half = min(half, total)
 	default:
 		half = total // the last move took the drain past half way
 	}

@@ -54,10 +54,10 @@ const (
 	Source  = "cli"
 )
 
-// Options configure RunWith.
+// Options configure Export.
 type Options struct {
 	// CSVFormulaGuard is export.csv_formula_guard (default true in the
-	// configuration; Run passes true).
+	// configuration).
 	CSVFormulaGuard bool
 	// Recorder records the export event. Default outbox.Default().
 	Recorder *outbox.Recorder
@@ -72,11 +72,6 @@ type Options struct {
 // recordTimeout bounds recording the export event, which also runs after an
 // interrupt cancelled ctx.
 const recordTimeout = 10 * time.Second
-
-// Run is RunWith with the formula guard on and the default recorder.
-func Run(ctx context.Context, pool *pgxpool.Pool, args []string, stdout, stderr io.Writer) error {
-	return RunWith(ctx, pool, Options{CSVFormulaGuard: true}, args, stdout, stderr)
-}
 
 // multi is a repeatable string flag.
 type multi []string
@@ -168,15 +163,6 @@ func Parse(args []string, stderr io.Writer) (*Request, error) {
 		return nil, argErrorf("%v", err)
 	}
 	return &Request{workspace: *workspace, filters: filters, format: *format, out: *out}, nil
-}
-
-// RunWith parses args, exports and records the export.
-func RunWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []string, stdout, stderr io.Writer) error {
-	req, err := Parse(args, stderr)
-	if err != nil {
-		return err
-	}
-	return Export(ctx, pool, opts, req, stdout, stderr)
 }
 
 // Export runs the export req describes and records it.

@@ -111,13 +111,28 @@ func parseCSV(t *testing.T, b []byte) [][]string {
 	return recs[1:]
 }
 
+// run is auditlog export's work: parse args, export with the formula guard
+// on (the configuration's default).
+func run(ctx context.Context, pool *pgxpool.Pool, args []string, stdout, stderr io.Writer) error {
+	return runWith(ctx, pool, Options{CSVFormulaGuard: true}, args, stdout, stderr)
+}
+
+// runWith is run with opts.
+func runWith(ctx context.Context, pool *pgxpool.Pool, opts Options, args []string, stdout, stderr io.Writer) error {
+	req, err := Parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return Export(ctx, pool, opts, req, stdout, stderr)
+}
+
 func TestRunWritesFile(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, sample())
 	dir := t.TempDir()
 	out := filepath.Join(dir, "export.csv")
 	var stdout, stderr bytes.Buffer
-	err := Run(context.Background(), pool, []string{
+	err := run(context.Background(), pool, []string{
 		"--workspace", "ws_a", "--action", "ticket.*", "--from", "2026-11-01T00:00:00Z", "-o", out,
 	}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
@@ -174,7 +189,7 @@ func TestRunStdoutRepeatedFilters(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, sample())
 	var stdout, stderr bytes.Buffer
-	err := RunWith(context.Background(), pool, Options{CSVFormulaGuard: false}, []string{
+	err := runWith(context.Background(), pool, Options{CSVFormulaGuard: false}, []string{
 		"--workspace", "ws_a", "--actor-id", "u_1", "--actor-id", "u_2", "--source", "web", "--source", "API",
 	}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
@@ -203,7 +218,7 @@ func TestRunRefusesBadArguments(t *testing.T) {
 		"--workspace bad/ws -o " + out:              "workspace",
 	} {
 		var stdout, stderr bytes.Buffer
-		err := Run(context.Background(), pool, strings.Fields(args), &stdout, &stderr)
+		err := run(context.Background(), pool, strings.Fields(args), &stdout, &stderr)
 		require.ErrorContains(t, err, want, args)
 		_, perr := Parse(strings.Fields(args), io.Discard)
 		require.Error(t, perr, "refused by Parse, before any connection: %s", args)
@@ -246,7 +261,7 @@ func TestRunInterrupted(t *testing.T) {
 	defer cancel()
 	stdout := &cancelOnWrite{ctx: ctx, cancel: cancel}
 	var stderr bytes.Buffer
-	err := Run(ctx, pool, []string{"--workspace", "ws_a"}, stdout, &stderr)
+	err := run(ctx, pool, []string{"--workspace", "ws_a"}, stdout, &stderr)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Contains(t, stderr.String(), "export failed after")
 	recs := exportEvents(t, pool)
@@ -320,7 +335,7 @@ func TestRunIsRecordedFromTheFirstByte(t *testing.T) {
 		during, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
 	}}
-	require.NoError(t, Run(ctx, pool, []string{"--workspace", "ws_a"}, out, io.Discard))
+	require.NoError(t, run(ctx, pool, []string{"--workspace", "ws_a"}, out, io.Discard))
 	require.Equal(t, []string{Source}, during, "the intent exists while rows stream")
 	var left int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM audit_export_intents`).Scan(&left))
@@ -334,7 +349,7 @@ func TestRunIsRecordedFromTheFirstByte(t *testing.T) {
 	_, err := pool.Exec(ctx, `ALTER TABLE audit_export_intents RENAME TO audit_export_intents_gone`)
 	require.NoError(t, err)
 	var refused bytes.Buffer
-	err = Run(ctx, pool, []string{"--workspace", "ws_a"}, &refused, io.Discard)
+	err = run(ctx, pool, []string{"--workspace", "ws_a"}, &refused, io.Discard)
 	require.ErrorContains(t, err, "not started")
 	require.Zero(t, refused.Len())
 }
@@ -343,7 +358,7 @@ func TestRunNDJSON(t *testing.T) {
 	t.Parallel()
 	pool := setup(t, sample())
 	var out bytes.Buffer
-	require.NoError(t, Run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "ndjson"}, &out, io.Discard))
+	require.NoError(t, run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "ndjson"}, &out, io.Discard))
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 	require.Len(t, lines, 3)
 	for _, l := range lines {
@@ -358,7 +373,7 @@ func TestRunNDJSON(t *testing.T) {
 	require.Equal(t, "ndjson", recs[0].Details["format"])
 	require.EqualValues(t, 3, recs[0].Details["rows"])
 
-	err := Run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "xml"}, &out, io.Discard)
+	err := run(context.Background(), pool, []string{"--workspace", "ws_a", "--format", "xml"}, &out, io.Discard)
 	require.ErrorContains(t, err, "--format")
 }
 
