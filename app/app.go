@@ -120,13 +120,14 @@ func run(ctx context.Context, intr *interrupts, args []string, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(configPath, os.Environ())
+	environ := os.Environ()
+	cfg, err := config.Load(configPath, environ)
 	if err != nil {
 		return fmt.Errorf("loading configuration: %w", err)
 	}
 	logger := newLogger(cfg, stderr)
 	intr.setLogger(logger)
-	for _, name := range config.IgnoredEnv(os.Environ()) {
+	for _, name := range config.IgnoredEnv(environ) {
 		// The name only: values may be secrets.
 		logger.Warn("environment variable names no setting, ignored", "variable", name)
 	}

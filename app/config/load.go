@@ -352,7 +352,7 @@ func editDistance(a, b string) int {
 // (tcp://address:port), FOO_PORT_8080_TCP_PROTO (tcp), _PORT (a number),
 // _ADDR (an address). A Service named auditlog-http gives
 // AUDITLOG_HTTP_PORT=tcp://…, which must not stop the binary.
-var serviceLink = regexp.MustCompile(`_(?:(SERVICE_HOST)|(SERVICE_PORT)(?:_[A-Z0-9_]+)?|(PORT)|PORT_[0-9]+_(?:TCP|UDP|SCTP)(?:_(PROTO|PORT|ADDR))?)$`)
+var serviceLink = regexp.MustCompile(`_(?:(SERVICE_HOST)|(SERVICE_PORT)(?:_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_(?:TCP|UDP|SCTP)(?:_(PROTO|PORT|ADDR))?)$`)
 
 // linkURL is the value of FOO_PORT and FOO_PORT_8080_TCP.
 var linkURL = regexp.MustCompile(`^(tcp|udp|sctp)://[^/]+:[0-9]+$`)
@@ -373,11 +373,11 @@ func isServiceLink(name, value string) bool {
 		return isAddr(value)
 	case m[2] != "": // SERVICE_PORT[_NAME]
 		return isNumber(value)
-	case m[4] == "PROTO":
+	case m[3] == "PROTO":
 		return value == "tcp" || value == "udp" || value == "sctp"
-	case m[4] == "PORT":
+	case m[3] == "PORT":
 		return isNumber(value)
-	case m[4] == "ADDR":
+	case m[3] == "ADDR":
 		return isAddr(value)
 	default: // FOO_PORT, FOO_PORT_8080_TCP
 		return linkURL.MatchString(value)
