@@ -160,25 +160,38 @@ func divide(a, b []float64) []float64 {
 	return out
 }
 
-// recordBatches writes the stage's events through RecordBatch, --batch per
-// transaction, and returns the time spent in the transactions.
-func (b *bench) recordBatches(ctx context.Context) (time.Duration, error) {
+// eachBatch generates the stage's events, --batch at a time, both as
+// outbox.Events (for RecordBatch) and as the rows RecordBatch stores them as
+// (for a raw COPY), and calls fn with each batch, numbered from 0. The
+// generation is outside every clock; fn times what it measures.
+func (b *bench) eachBatch(fn func(batch int, evs []outbox.Event, rows [][]any) error) error {
 	g := newGenerator(b.cfg.seed, b.workspaces)
-	var total time.Duration
 	evs := make([]outbox.Event, 0, b.cfg.batch)
-	for done := 0; done < b.cfg.events; done += len(evs) {
-		evs = evs[:0]
+	rows := make([][]any, 0, b.cfg.batch)
+	for done, batch := 0, 0; done < b.cfg.events; done, batch = done+len(evs), batch+1 {
+		evs, rows = evs[:0], rows[:0]
+		now := time.Now()
 		for range min(b.cfg.batch, b.cfg.events-done) {
 			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
 			evs = append(evs, e.event())
+			rows = append(rows, e.outboxValues(now))
 		}
-		d, err := b.recordBatch(ctx, evs)
-		total += d
-		if err != nil {
-			return 0, err
+		if err := fn(batch, evs, rows); err != nil {
+			return err
 		}
 	}
-	return total, nil
+	return nil
+}
+
+// recordBatches writes the stage's events through RecordBatch, --batch per
+// transaction, and returns the time spent in the transactions.
+func (b *bench) recordBatches(ctx context.Context) (total time.Duration, err error) {
+	err = b.eachBatch(func(_ int, evs []outbox.Event, _ [][]any) error {
+		d, err := b.recordBatch(ctx, evs)
+		total += d
+		return err
+	})
+	return total, err
 }
 
 // recordBatch writes evs through RecordBatch in one transaction and returns
@@ -212,17 +225,7 @@ func (b *bench) copyRows(ctx context.Context, rows [][]any) (time.Duration, erro
 // turns at going first, and returns the time each side spent in its
 // transactions. Both sides thus meet the same disk and cache state.
 func (b *bench) interleavedWrites(ctx context.Context) (recordBatch, rawCopy time.Duration, err error) {
-	g := newGenerator(b.cfg.seed, b.workspaces)
-	evs := make([]outbox.Event, 0, b.cfg.batch)
-	rows := make([][]any, 0, b.cfg.batch)
-	for done, batch := 0, 0; done < b.cfg.events; done, batch = done+len(evs), batch+1 {
-		evs, rows = evs[:0], rows[:0]
-		now := time.Now()
-		for range min(b.cfg.batch, b.cfg.events-done) {
-			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
-			evs = append(evs, e.event())
-			rows = append(rows, e.outboxValues(now))
-		}
+	err = b.eachBatch(func(batch int, evs []outbox.Event, rows [][]any) error {
 		rb := func() error {
 			d, err := b.recordBatch(ctx, evs)
 			recordBatch += d
@@ -238,36 +241,23 @@ func (b *bench) interleavedWrites(ctx context.Context) (recordBatch, rawCopy tim
 			first, second = cp, rb
 		}
 		if err := first(); err != nil {
-			return 0, 0, err
+			return err
 		}
-		if err := second(); err != nil {
-			return 0, 0, err
-		}
-	}
-	return recordBatch, rawCopy, nil
+		return second()
+	})
+	return recordBatch, rawCopy, err
 }
 
 // copyBatches copies the same rows recordBatches writes straight into
 // audit_outbox, --batch per transaction, and returns the time spent in the
 // transactions.
-func (b *bench) copyBatches(ctx context.Context) (time.Duration, error) {
-	g := newGenerator(b.cfg.seed, b.workspaces)
-	var total time.Duration
-	rows := make([][]any, 0, b.cfg.batch)
-	for done := 0; done < b.cfg.events; done += len(rows) {
-		rows = rows[:0]
-		now := time.Now()
-		for range min(b.cfg.batch, b.cfg.events-done) {
-			e := g.next(g.workspace(), g.within(b.now, pipelineSpan))
-			rows = append(rows, e.outboxValues(now))
-		}
+func (b *bench) copyBatches(ctx context.Context) (total time.Duration, err error) {
+	err = b.eachBatch(func(_ int, _ []outbox.Event, rows [][]any) error {
 		d, err := b.copyRows(ctx, rows)
 		total += d
-		if err != nil {
-			return 0, err
-		}
-	}
-	return total, nil
+		return err
+	})
+	return total, err
 }
 
 // relayAll drains the outbox with relay.Drain, as the relay loop moves a
