@@ -174,6 +174,17 @@ func AdminURL(t testing.TB) string {
 	return s.adminURL
 }
 
+// URLFor returns the test server's URL for the database name, which need not
+// exist (tests of a missing database use it).
+func URLFor(t testing.TB, name string) string {
+	t.Helper()
+	dbURL, err := withDatabase(AdminURL(t), name)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	return dbURL
+}
+
 // NewURL creates a fresh database with all migrations applied and returns
 // its URL. The database is dropped at cleanup, disconnecting whoever is still
 // connected.

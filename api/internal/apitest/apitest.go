@@ -34,11 +34,7 @@ func DeadPool(t testing.TB) *pgxpool.Pool {
 // connection with SQLSTATE 3D000.
 func MissingDatabaseURL(t testing.TB) string {
 	t.Helper()
-	u, err := url.Parse(testdb.AdminURL(t))
-	require.NoError(t, err)
-	u.Path = "/" + uniqueName("auditlog_missing_")
-	u.RawPath = ""
-	return u.String()
+	return testdb.URLFor(t, uniqueName("auditlog_missing_"))
 }
 
 // MissingRoleURL returns a URL on the test server naming a role that does
