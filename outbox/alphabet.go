@@ -36,13 +36,13 @@ func validActionWordByte(c byte) bool { return isLowerWordByte(c) || c == '-' }
 // ValidResourceType reports whether s is 1-128 of a-z 0-9 _ - (one action
 // word).
 func ValidResourceType(s string) bool {
-	return allBytes(s, 1, maxResourceType, validActionWordByte)
+	return allBytes(s, 1, MaxResourceTypeLen, validActionWordByte)
 }
 
 // ValidAction reports whether s is at most 128 characters of lowercase
 // dotted words of a-z 0-9 _ -, at least two (member.invite).
 func ValidAction(s string) bool {
-	if len(s) == 0 || len(s) > maxActionLen {
+	if len(s) == 0 || len(s) > MaxActionLen {
 		return false
 	}
 	words, wordLen := 1, 0
@@ -63,7 +63,7 @@ func ValidAction(s string) bool {
 }
 
 // ValidSource reports whether s is 1-32 of a-z 0-9 _.
-func ValidSource(s string) bool { return allBytes(s, 1, maxSourceLen, isLowerWordByte) }
+func ValidSource(s string) bool { return allBytes(s, 1, MaxSourceLen, isLowerWordByte) }
 
 // validResourceKey reports whether s is a resource id key: 1-64 of a-z 0-9 _.
 func validResourceKey(s string) bool { return allBytes(s, 1, 64, isLowerWordByte) }

@@ -20,20 +20,20 @@ import (
 // Limits of the event fields (contract §1) and the ones the contract leaves
 // open, chosen so a single event stays small.
 const (
-	maxWorkspaceLen  = 64
-	maxActionLen     = 128
-	MaxEmailLen      = 254 // actor.email, in characters
-	MaxActorIDLen    = 128 // actor.id, in characters
-	maxActorNameLen  = 256
-	maxSourceLen     = 32
-	maxResourceType  = 128
-	maxIDKeys        = 64
-	maxIDValueLen    = 256
-	maxIDArrayLen    = 100
-	maxUserAgent     = 512
-	maxRequestID     = 128
-	maxFutureSkew    = 5 * time.Minute
-	DefaultRetention = 365
+	maxWorkspaceLen    = 64
+	MaxActionLen       = 128 // action, in bytes (ASCII)
+	MaxEmailLen        = 254 // actor.email, in characters
+	MaxActorIDLen      = 128 // actor.id, in characters
+	maxActorNameLen    = 256
+	MaxSourceLen       = 32  // source, in bytes (ASCII)
+	MaxResourceTypeLen = 128 // resource.type, in bytes (ASCII)
+	maxIDKeys          = 64
+	maxIDValueLen      = 256
+	maxIDArrayLen      = 100
+	maxUserAgent       = 512
+	maxRequestID       = 128
+	maxFutureSkew      = 5 * time.Minute
+	DefaultRetention   = 365
 )
 
 // row is an event in its stored form, exactly the columns of audit_outbox.
@@ -186,7 +186,7 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 		return invalid("action", "is required")
 	}
 	if !ValidAction(e.Action) {
-		return invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", maxActionLen)
+		return invalid("action", "must be at most %d characters of lowercase dotted words of a-z 0-9 _ -, at least two (e.g. member.invite)", MaxActionLen)
 	}
 	out.action = e.Action
 
@@ -198,7 +198,7 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 	// resource
 	if e.Resource.Type != "" {
 		if !ValidResourceType(e.Resource.Type) {
-			return invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", maxResourceType)
+			return invalid("resource.type", "must be at most %d characters of a-z 0-9 _ -", MaxResourceTypeLen)
 		}
 		store(&out.resourceType, &t.resourceType, e.Resource.Type)
 	}
@@ -224,7 +224,7 @@ func (r *Recorder) normaliseTo(out *row, t *rowText, sc *scratch, e *Event, rt r
 		return invalid("source", "is required")
 	}
 	if !ValidSource(src) {
-		return invalid("source", "must be 1-%d characters of a-z 0-9 _", maxSourceLen)
+		return invalid("source", "must be 1-%d characters of a-z 0-9 _", MaxSourceLen)
 	}
 	out.source = src
 

@@ -28,14 +28,6 @@ const (
 // request cannot grow the statement without limit.
 const MaxFilterValues = 100
 
-// Limits and alphabets of filter values: the same as ingest (contract §1),
-// so a value that could never have been stored is refused rather than
-// silently matching nothing.
-const (
-	maxActionLen       = 128
-	maxResourceTypeLen = 128
-)
-
 // actionPrefixRe is what may stand before the * of an action prefix.
 var actionPrefixRe = regexp.MustCompile(`^[a-z0-9_.-]+$`)
 
@@ -161,8 +153,8 @@ func normaliseActorID(s string) (string, error) {
 
 func normaliseAction(s string) (string, error) {
 	if prefix, ok := strings.CutSuffix(s, "*"); ok {
-		if len(prefix) == 0 || len(prefix) >= maxActionLen || !actionPrefixRe.MatchString(prefix) {
-			return "", fmt.Errorf("a prefix must be 1-%d characters of a-z 0-9 _ - . followed by one *, e.g. ticket.*", maxActionLen-1)
+		if len(prefix) == 0 || len(prefix) >= outbox.MaxActionLen || !actionPrefixRe.MatchString(prefix) {
+			return "", fmt.Errorf("a prefix must be 1-%d characters of a-z 0-9 _ - . followed by one *, e.g. ticket.*", outbox.MaxActionLen-1)
 		}
 		return s, nil
 	}
@@ -174,7 +166,7 @@ func normaliseAction(s string) (string, error) {
 
 func normaliseResourceType(s string) (string, error) {
 	if !outbox.ValidResourceType(s) {
-		return "", fmt.Errorf("must be 1-%d characters of a-z 0-9 _ -", maxResourceTypeLen)
+		return "", fmt.Errorf("must be 1-%d characters of a-z 0-9 _ -", outbox.MaxResourceTypeLen)
 	}
 	return s, nil
 }
@@ -182,7 +174,7 @@ func normaliseResourceType(s string) (string, error) {
 func normaliseSource(s string) (string, error) {
 	s = strings.ToLower(strings.TrimSpace(s))
 	if !outbox.ValidSource(s) {
-		return "", fmt.Errorf("must be 1-32 characters of a-z 0-9 _")
+		return "", fmt.Errorf("must be 1-%d characters of a-z 0-9 _", outbox.MaxSourceLen)
 	}
 	return s, nil
 }
