@@ -3,11 +3,11 @@ package outbox
 import (
 	"net/netip"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// The write path hands pgx one value per column of every row. How a value
+// Record and Queue hand pgx one value per column of their INSERT
+// (RecordBatch encodes its COPY itself: copybinary.go). How a value
 // is typed decides how pgx encodes it: a uuid.UUID goes through its
 // driver.Valuer as a string, fails the binary uuid plan, builds an error and
 // is re-parsed; a *string is dereferenced by reflection and boxed again; a
@@ -47,10 +47,8 @@ func (c *inetCol) NetipPrefixValue() (netip.Prefix, error) {
 	return netip.PrefixFrom(c.addr, c.addr.BitLen()), nil
 }
 
-// outboxCols holds one row's column values in outboxColumns order, and
-// args points at them. One outboxCols is reused for every row of a COPY or
-// for the arguments of one INSERT: pgx encodes each row before asking for
-// the next.
+// outboxCols holds one row's column values in insertOutboxSQL's order, and
+// args points at them: the arguments of one INSERT.
 type outboxCols struct {
 	id                                    pgtype.UUID
 	occurredAt, recordedAt                pgtype.Timestamptz
@@ -96,26 +94,3 @@ func (c *outboxCols) load(w *row) []any {
 	c.details.setPtr(w.details)
 	return c.args
 }
-
-// rowSource streams normalised rows into CopyFrom without building a
-// [][]any of the whole batch.
-type rowSource struct {
-	rows []row
-	i    int
-	cols *outboxCols
-}
-
-var _ pgx.CopyFromSource = (*rowSource)(nil)
-
-func newRowSource(rows []row) *rowSource {
-	return &rowSource{rows: rows, i: -1, cols: newOutboxCols()}
-}
-
-func (s *rowSource) Next() bool {
-	s.i++
-	return s.i < len(s.rows)
-}
-
-func (s *rowSource) Values() ([]any, error) { return s.cols.load(&s.rows[s.i]), nil }
-
-func (s *rowSource) Err() error { return nil }

@@ -113,14 +113,6 @@ INSERT INTO audit_outbox (
     source, ip, user_agent, request_id, details
 ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
 
-// outboxColumns are the columns RecordBatch copies, in outboxCols.args
-// order.
-var outboxColumns = []string{
-	"id", "workspace_id", "occurred_at", "recorded_at", "action", "actor_type", "actor_id",
-	"actor_email", "actor_name", "resource_type", "resource_ids", "resource_ids_flat",
-	"source", "ip", "user_agent", "request_id", "details",
-}
-
 // Record writes one event inside tx.
 func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
 	if tx == nil {
@@ -160,7 +152,7 @@ func (r *Recorder) recordBatch(ctx context.Context, tx pgx.Tx, es []Event, wantI
 	if err != nil {
 		return nil, err
 	}
-	n, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_outbox"}, outboxColumns, newRowSource(rows))
+	n, err := copyRows(ctx, tx, rows)
 	if err != nil {
 		return nil, fmt.Errorf("copying %d audit events to outbox: %w", len(es), err)
 	}

@@ -109,9 +109,9 @@ func TestRecordBatchAllOrNone(t *testing.T) {
 }
 
 // TestRecordBatchLeavesTheTransactionUsable: an invalid event, first or
-// last, of a batch normalised before the copy (small) or during it (large,
-// under a savepoint) writes nothing and leaves the caller's transaction as
-// it was, business change included.
+// last, of a batch normalised on one goroutine (small) or several (large)
+// writes nothing and leaves the caller's transaction as it was, business
+// change included.
 func TestRecordBatchLeavesTheTransactionUsable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
