@@ -6,7 +6,7 @@
 //
 // # Recording
 //
-//	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+//	err := outbox.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 //		if _, err := tx.Exec(ctx, closeTicketSQL, id); err != nil {
 //			return err
 //		}
@@ -16,6 +16,9 @@
 //			Resource:    outbox.Resource{Type: "ticket", IDs: map[string]any{"ticket": id}},
 //		})
 //	})
+//
+// Record works in any pgx.Tx; in a Tx (BeginFunc, Begin) its INSERT is sent
+// with the COMMIT, so recording costs no round trip of its own.
 //
 // # Normalisation
 //

@@ -113,7 +113,8 @@ INSERT INTO audit_outbox (
     source, ip, user_agent, request_id, details
 ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
 
-// Record writes one event inside tx.
+// Record writes one event inside tx. In a Tx (Begin, BeginFunc) the INSERT
+// goes with the COMMIT; in any other pgx.Tx it is sent at once.
 func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
 	if tx == nil {
 		return errors.New("outbox: Record needs a transaction")
@@ -121,6 +122,9 @@ func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
 	w, err := r.normalise(fromContext(ctx, e), r.opts.Now())
 	if err != nil {
 		return err
+	}
+	if t, ok := tx.(*Tx); ok {
+		return t.record(&w)
 	}
 	if _, err := tx.Exec(ctx, insertOutboxSQL, newOutboxCols().load(&w)...); err != nil {
 		return fmt.Errorf("writing audit event to outbox: %w", err)

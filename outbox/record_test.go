@@ -216,8 +216,9 @@ func BenchmarkNormalise(b *testing.B) {
 }
 
 // BenchmarkBusinessTx compares a small business transaction without an
-// event, with one Record, and with one event sent by Queue in the same batch
-// as the UPDATE: the cost audit logging adds to a request.
+// event, with one Record (in a pgx transaction, and in an outbox.Tx), and
+// with one event sent by Queue in the same batch as the UPDATE: the cost
+// audit logging adds to a request.
 func BenchmarkBusinessTx(b *testing.B) {
 	ctx := context.Background()
 	pool := testdb.New(b)
@@ -226,14 +227,22 @@ func BenchmarkBusinessTx(b *testing.B) {
 	_, err = pool.Exec(ctx, `INSERT INTO bench_tickets SELECT g, 'open' FROM generate_series(1, 1000) g`)
 	require.NoError(b, err)
 	const updateSQL = `UPDATE bench_tickets SET status = $2 WHERE id = $1`
-	for _, kind := range []string{"without_record", "with_record", "with_queue"} {
+	for _, kind := range []string{"without_record", "with_record", "with_record_in_outbox_tx", "with_queue"} {
 		b.Run(kind, func(b *testing.B) {
 			b.ReportAllocs()
+			begin := pgx.BeginFunc
+			if kind == "with_record_in_outbox_tx" {
+				begin = func(ctx context.Context, db interface {
+					Begin(context.Context) (pgx.Tx, error)
+				}, fn func(pgx.Tx) error) error {
+					return outbox.BeginFunc(ctx, pool, fn)
+				}
+			}
 			i := 0
 			for b.Loop() {
 				i++
 				id, status := i%1000+1, fmt.Sprint("s", i%7)
-				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				err := begin(ctx, pool, func(tx pgx.Tx) error {
 					if kind == "with_queue" {
 						batch := &pgx.Batch{}
 						batch.Queue(updateSQL, id, status)
@@ -245,7 +254,7 @@ func BenchmarkBusinessTx(b *testing.B) {
 					if _, err := tx.Exec(ctx, updateSQL, id, status); err != nil {
 						return err
 					}
-					if kind == "with_record" {
+					if kind == "with_record" || kind == "with_record_in_outbox_tx" {
 						return outbox.Record(ctx, tx, sampleEvent(i))
 					}
 					return nil

@@ -17,10 +17,11 @@ import (
 const recordTickets = 10_000
 
 // recordStage measures a small business transaction (one UPDATE by primary
-// key, then COMMIT) in three kinds: plain, the baseline (BEGIN; UPDATE;
-// COMMIT); with one outbox.Record after the UPDATE (its INSERT is one more
-// round trip); and with the event queued by outbox.Queue into one batch with
-// the UPDATE (BEGIN; the batch; COMMIT: no extra round trip). All three run
+// key, then COMMIT) in four kinds: plain, the baseline (BEGIN; UPDATE;
+// COMMIT); with one outbox.Record after the UPDATE in a pgx transaction (its
+// INSERT is one more round trip); the same in an outbox.Tx (the INSERT goes
+// with the COMMIT); and with the event queued by outbox.Queue into one batch
+// with the UPDATE (BEGIN; the batch; COMMIT). All four run
 // on the same connection, interleaved in a random order in every round, so
 // drift in the machine's load hits them alike. Each ratio is taken per run
 // (the kind's median over the plain median), then its median over runs.
@@ -45,6 +46,7 @@ func (b *bench) recordStage(ctx context.Context) error {
 			return err
 		}
 		p50, w50, q50 := percentile(t.plain, 0.5), percentile(t.with, 0.5), percentile(t.queue, 0.5)
+		x50 := percentile(t.withTx, 0.5)
 		rs.add("plain_p50", ms(p50))
 		rs.add("plain_p95", ms(percentile(t.plain, 0.95)))
 		rs.add("with_p50", ms(w50))
@@ -54,8 +56,11 @@ func (b *bench) recordStage(ctx context.Context) error {
 		rs.add("queue_p50", ms(q50))
 		rs.add("queue_p95", ms(percentile(t.queue, 0.95)))
 		rs.add("queue_ratio", ratio(float64(q50), float64(p50)))
-		b.progress("record run %d/%d: plain %.3f ms, with Record %.3f ms, with Queue %.3f ms (median)",
-			run+1, b.cfg.runs, ms(p50), ms(w50), ms(q50))
+		rs.add("tx_p50", ms(x50))
+		rs.add("tx_p95", ms(percentile(t.withTx, 0.95)))
+		rs.add("tx_ratio", ratio(float64(x50), float64(p50)))
+		b.progress("record run %d/%d: plain %.3f ms, with Record %.3f ms, with Record in an outbox.Tx %.3f ms, with Queue %.3f ms (median)",
+			run+1, b.cfg.runs, ms(p50), ms(w50), ms(x50), ms(q50))
 	}
 	o := b.out
 	o.num("record.txs", float64(b.cfg.recordTxs), 0)
@@ -69,6 +74,11 @@ func (b *bench) recordStage(ctx context.Context) error {
 	r := rs.median("ratio")
 	o.num("record.with_vs_plain", r, 3)
 	o.target("record_overhead", r <= 1.25)
+	o.num("record.with_record_tx_median_ms", rs.median("tx_p50"), 3)
+	o.num("record.with_record_tx_p95_ms", rs.median("tx_p95"), 3)
+	x := rs.median("tx_ratio")
+	o.num("record.record_tx_vs_plain", x, 3)
+	o.target("record_tx_overhead", x <= 1.25)
 	o.num("record.with_queue_median_ms", rs.median("queue_p50"), 3)
 	o.num("record.with_queue_p95_ms", rs.median("queue_p95"), 3)
 	q := rs.median("queue_ratio")
@@ -80,16 +90,17 @@ func (b *bench) recordStage(ctx context.Context) error {
 
 // The kinds of transaction of the record stage.
 const (
-	kindPlain  = iota // BEGIN; UPDATE; COMMIT: the baseline
-	kindRecord        // BEGIN; UPDATE; Record; COMMIT
-	kindQueue         // BEGIN; one batch of the UPDATE and the queued event; COMMIT
+	kindPlain    = iota // BEGIN; UPDATE; COMMIT: the baseline
+	kindRecord          // BEGIN; UPDATE; Record; COMMIT
+	kindRecordTx        // the same in an outbox.Tx: BEGIN; UPDATE; the INSERT with COMMIT
+	kindQueue           // BEGIN; one batch of the UPDATE and the queued event; COMMIT
 	recordKinds
 )
 
 // recordTimes are one run's durations of each kind of transaction, and
 // those of the Record calls alone.
 type recordTimes struct {
-	plain, with, queue, calls []time.Duration
+	plain, with, withTx, queue, calls []time.Duration
 }
 
 // recordRun runs recordTxs transactions of each kind, the three kinds in a
@@ -117,7 +128,13 @@ func (b *bench) recordRun(ctx context.Context, run uint64) (recordTimes, error) 
 			Details:     json.RawMessage(`{"changes":{"status":{"from":"open","to":"` + status + `"}}}`),
 		}
 		start := time.Now()
-		tx, err := conn.Begin(ctx)
+		var tx pgx.Tx
+		var err error
+		if kind == kindRecordTx {
+			tx, err = outbox.BeginOn(ctx, conn.Conn())
+		} else {
+			tx, err = conn.Begin(ctx)
+		}
 		if err != nil {
 			return 0, fmt.Errorf("beginning the business transaction: %w", err)
 		}
@@ -136,12 +153,14 @@ func (b *bench) recordRun(ctx context.Context, run uint64) (recordTimes, error) 
 				return 0, fmt.Errorf("updating bench_tickets: %w", err)
 			}
 		}
-		if kind == kindRecord {
+		if kind == kindRecord || kind == kindRecordTx {
 			c := time.Now()
 			if err := b.rec.Record(ctx, tx, ev); err != nil {
 				return 0, fmt.Errorf("recording the event: %w", err)
 			}
-			t.calls = append(t.calls, time.Since(c))
+			if kind == kindRecord {
+				t.calls = append(t.calls, time.Since(c))
+			}
 		}
 		if err := tx.Commit(ctx); err != nil {
 			return 0, fmt.Errorf("committing the business transaction: %w", err)
@@ -159,6 +178,8 @@ func (b *bench) recordRun(ctx context.Context, run uint64) (recordTimes, error) 
 				t.plain = append(t.plain, d)
 			case kindRecord:
 				t.with = append(t.with, d)
+			case kindRecordTx:
+				t.withTx = append(t.withTx, d)
 			case kindQueue:
 				t.queue = append(t.queue, d)
 			}
