@@ -118,7 +118,7 @@ func beginIntent(ctx context.Context, conn *pgx.Conn, in exportIntent) (int64, e
 
 // recordAndEnd records e and deletes intent id in one transaction on pool.
 func recordAndEnd(ctx context.Context, pool *pgxpool.Pool, rec *outbox.Recorder, id int64, e outbox.Event) error {
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	return outbox.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if err := rec.Record(ctx, tx, e); err != nil {
 			return err
 		}

@@ -172,7 +172,7 @@ func (m *Module) create(c *gin.Context) {
 		CreatedBy: actor.ID.String(), DelaySeconds: int(delay), MaxAttempts: m.opts.MaxAttempts,
 	}
 	var created, runAt time.Time
-	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err = outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var one int
 		if err := tx.QueryRow(ctx, lockTicketSQL, actor.WorkspaceID, ticketID).Scan(&one); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {

@@ -308,7 +308,7 @@ func (r *Runner) run(ctx context.Context, job Job) {
 // attempt performs the job's action, its event and the job's success in one
 // transaction.
 func (r *Runner) attempt(ctx context.Context, job Job) error {
-	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+	return outbox.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		var one int
 		if err := tx.QueryRow(ctx, lockJobSQL, job.AutomationID, job.Attempt).Scan(&one); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
@@ -394,7 +394,7 @@ func (r *Runner) fail(ctx context.Context, log *slog.Logger, job Job, cause erro
 	// A fresh deadline: the attempt may have failed by running out of its own.
 	ctx, cancel := context.WithTimeout(ctx, r.opts.AttemptTimeout)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+	err := outbox.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		var runAt time.Time
 		err := tx.QueryRow(ctx, failJobSQL, job.AutomationID, job.Attempt, state,
 			backoff.Milliseconds(), cause.Error()).Scan(&runAt)

@@ -161,7 +161,7 @@ func Invite(ctx context.Context, pool *pgxpool.Pool, ws string, n NewMember) (In
 		slack = &n.SlackUserID
 	}
 	var created time.Time
-	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = outbox.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, insertMemberSQL, id, ws, n.Email, n.Name, string(n.Role), hash, slack).Scan(&created); err != nil {
 			switch c, _ := web.UniqueViolation(err); c {
 			case "members_email_unique":
@@ -302,7 +302,7 @@ func (m *Module) remove(c *gin.Context) {
 		return
 	}
 	ctx := c.Request.Context()
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err := outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		l, err := lockTargetAndOwners(ctx, tx, actor.WorkspaceID, id)
 		if err != nil {
 			return err
@@ -359,7 +359,7 @@ func (m *Module) changeRole(c *gin.Context) {
 	}
 	ctx := c.Request.Context()
 	var from session.Role
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err := outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		l, err := lockTargetAndOwners(ctx, tx, actor.WorkspaceID, id)
 		if err != nil {
 			return err

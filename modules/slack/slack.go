@@ -197,7 +197,7 @@ func (m *Module) interactions(c *gin.Context) {
 		extra["slack_team_id"] = team
 	}
 	var changed bool
-	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err = outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var err error
 		_, changed, err = tickets.Close(ctx, tx, member.WorkspaceID, ticketID, extra)
 		if errors.Is(err, tickets.ErrNotFound) {

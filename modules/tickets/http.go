@@ -142,7 +142,7 @@ func (m *Module) create(c *gin.Context) {
 	}
 	ctx := c.Request.Context()
 	var t Ticket
-	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err = outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		if assignee != nil {
 			if err := checkAssignee(ctx, tx, actor.WorkspaceID, *assignee); err != nil {
 				return err
@@ -250,7 +250,7 @@ func (m *Module) update(c *gin.Context) {
 
 	ctx := c.Request.Context()
 	var t Ticket
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err := outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		before, err := scanTicket(tx.QueryRow(ctx, selectTicketForUpdateSQL, actor.WorkspaceID, id))
 		if errors.Is(err, ErrNotFound) {
 			return web.NotFoundError("ticket")
@@ -326,7 +326,7 @@ func (m *Module) close(c *gin.Context) {
 	ctx := c.Request.Context()
 	var t Ticket
 	var changed bool
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+	err := outbox.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		var err error
 		t, changed, err = Close(ctx, tx, actor.WorkspaceID, id, nil)
 		if errors.Is(err, ErrNotFound) {
