@@ -146,7 +146,18 @@ func (c *copyReader) Read(p []byte) (int, error) {
 // copyRows copies rows into audit_outbox in tx and returns how many the
 // server wrote.
 func copyRows(ctx context.Context, tx pgx.Tx, rows []row) (int64, error) {
-	tag, err := tx.Conn().PgConn().CopyFrom(ctx, newCopyReader(rows), copyOutboxSQL)
+	// pgconn knows nothing of the transaction: refuse one already ended,
+	// as pgx's own CopyFrom does, rather than copy on a connection that
+	// may be back in its pool. An empty batch goes nowhere; a closed
+	// transaction refuses it with ErrTxClosed.
+	if err := tx.SendBatch(ctx, &pgx.Batch{}).Close(); err != nil {
+		return 0, err
+	}
+	conn := tx.Conn()
+	if conn == nil {
+		return 0, pgx.ErrTxClosed
+	}
+	tag, err := conn.PgConn().CopyFrom(ctx, newCopyReader(rows), copyOutboxSQL)
 	if err != nil {
 		return 0, err
 	}

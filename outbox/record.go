@@ -124,7 +124,7 @@ func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
 		return err
 	}
 	if t, ok := tx.(*Tx); ok {
-		return t.record(&w)
+		return t.record(ctx, &w)
 	}
 	if _, err := tx.Exec(ctx, insertOutboxSQL, newOutboxCols().load(&w)...); err != nil {
 		return fmt.Errorf("writing audit event to outbox: %w", err)

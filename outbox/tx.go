@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -26,13 +27,20 @@ import (
 //     fails Commit, and the transaction is rolled back, business change and
 //     all: the event still exists exactly when the change committed.
 //
+// Once a savepoint has been begun (Tx.Begin), Record writes at once even on
+// the Tx itself: with a savepoint open, what is sent through the outer
+// transaction belongs to the savepoint, and must go if it is rolled back. A
+// SAVEPOINT sent as SQL is not seen; use Begin.
+//
 // A Tx begun on a pool holds one of its connections from Begin until Commit
 // or Rollback. Like a pgx.Tx, after either it refuses to be used (ErrTxClosed).
 type Tx struct {
 	conn    *pgx.Conn
 	release func() // gives conn back to its pool, if it came from one
 	tx      pgx.Tx
+	commit  string        // pgx.TxOptions.CommitQuery, or COMMIT
 	pending []*outboxCols // the INSERT arguments of each recorded event
+	nested  bool          // a savepoint was begun: Record writes at once
 	closed  bool
 }
 
@@ -69,7 +77,11 @@ func beginOn(ctx context.Context, conn *pgx.Conn, opts pgx.TxOptions) (*Tx, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{conn: conn, release: func() {}, tx: tx}, nil
+	commit := opts.CommitQuery
+	if commit == "" {
+		commit = "COMMIT"
+	}
+	return &Tx{conn: conn, release: func() {}, tx: tx, commit: commit}, nil
 }
 
 // BeginFunc runs fn in a Tx begun on pool, as pgx.BeginFunc does: it
@@ -86,15 +98,34 @@ func BeginFunc(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) e
 	return tx.Commit(ctx)
 }
 
-// record keeps the INSERT arguments of an event recorded in t.
-func (t *Tx) record(w *row) error {
+// record keeps the INSERT arguments of an event recorded in t, or once a
+// savepoint has been begun writes it at once.
+func (t *Tx) record(ctx context.Context, w *row) error {
 	if t.closed {
 		return pgx.ErrTxClosed
 	}
-	t.pending = append(t.pending, newOutboxCols())
-	t.pending[len(t.pending)-1].load(w)
+	c := newOutboxCols()
+	c.load(w)
+	if !t.nested {
+		t.pending = append(t.pending, c)
+		return nil
+	}
+	if _, err := t.tx.Exec(ctx, insertOutboxSQL, c.args...); err != nil {
+		return fmt.Errorf("writing audit event to outbox: %w", err)
+	}
 	return nil
 }
+
+// endTimeout bounds the ROLLBACK that ends a transaction whose Commit
+// failed, sent even when the caller's context is done.
+const endTimeout = 5 * time.Second
+
+// done is an already cancelled context: see Commit.
+var done = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // Commit writes the recorded events and commits, in one round trip.
 func (t *Tx) Commit(ctx context.Context) error {
@@ -110,17 +141,38 @@ func (t *Tx) Commit(ctx context.Context) error {
 	for _, c := range t.pending {
 		b.Queue(insertOutboxSQL, c.args...)
 	}
-	b.Queue("COMMIT")
+	b.Queue(t.commit)
 	n := len(t.pending)
 	t.pending = nil
-	err := sendCommit(ctx, t.tx, b, n)
-	if err != nil && t.conn.PgConn().TxStatus() != 'I' {
-		// The server skipped what followed the failure, COMMIT included:
-		// end the transaction before the connection goes back. (Release
-		// would close a connection still in a transaction anyway.)
-		_, _ = t.conn.Exec(ctx, "ROLLBACK")
+	if err := sendCommit(ctx, t.tx, b, n); err != nil {
+		t.end(ctx)
+		return err
 	}
-	return err
+	// The server has committed, but the pgx transaction underneath does not
+	// know: told to commit with a context already done, pgx marks it closed
+	// without sending anything (the connection is idle, so it keeps it), and
+	// whatever still holds it, a LargeObjects for one, is refused from now
+	// on rather than run outside any transaction.
+	_ = t.tx.Commit(done)
+	return nil
+}
+
+// end ends the transaction after a failed Commit. The server skipped what
+// followed the failure, COMMIT included, so it may still be in the
+// transaction. The ROLLBACK goes even if ctx is done (a context cancelled
+// before Commit is how the batch failed); if it cannot, the connection is
+// closed, as pgx does, rather than left in a transaction for its next user
+// to commit.
+func (t *Tx) end(ctx context.Context) {
+	if t.conn.PgConn().TxStatus() == 'I' {
+		_ = t.tx.Commit(done) // closed on the server already: see Commit
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	defer cancel()
+	if err := t.tx.Rollback(rctx); err != nil || t.conn.PgConn().TxStatus() != 'I' {
+		_ = t.conn.Close(rctx)
+	}
 }
 
 // sendCommit sends b, n INSERTs and a COMMIT, and reads their results.
@@ -159,12 +211,17 @@ func (t *Tx) Rollback(ctx context.Context) error {
 	return t.tx.Rollback(ctx)
 }
 
-// Begin starts a savepoint. Events recorded in it are written at once.
+// Begin starts a savepoint. Events recorded in it, and from then on in t
+// too, are written at once.
 func (t *Tx) Begin(ctx context.Context) (pgx.Tx, error) {
 	if t.closed {
 		return nil, pgx.ErrTxClosed
 	}
-	return t.tx.Begin(ctx)
+	sp, err := t.tx.Begin(ctx)
+	if err == nil {
+		t.nested = true
+	}
+	return sp, err
 }
 
 // CopyFrom is pgx.Tx's CopyFrom.
@@ -178,12 +235,13 @@ func (t *Tx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []strin
 // SendBatch is pgx.Tx's SendBatch.
 func (t *Tx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	if t.closed {
-		return closedBatch{}
+		return pgx.FailedBatchResults(b, pgx.ErrTxClosed)
 	}
 	return t.tx.SendBatch(ctx, b)
 }
 
-// LargeObjects is pgx.Tx's LargeObjects.
+// LargeObjects is pgx.Tx's LargeObjects; after Commit or Rollback its
+// methods answer ErrTxClosed.
 func (t *Tx) LargeObjects() pgx.LargeObjects { return t.tx.LargeObjects() }
 
 // Prepare is pgx.Tx's Prepare.
@@ -227,16 +285,7 @@ func (t *Tx) Conn() *pgx.Conn {
 	return t.tx.Conn()
 }
 
-// closedRow and closedBatch answer ErrTxClosed for a Tx used after it
-// ended, where pgx.Tx's own methods return no error.
+// closedRow answers ErrTxClosed for a Tx used after it ended.
 type closedRow struct{}
 
 func (closedRow) Scan(...any) error { return pgx.ErrTxClosed }
-
-type closedBatch struct{}
-
-func (closedBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, pgx.ErrTxClosed }
-func (closedBatch) Query() (pgx.Rows, error)         { return nil, pgx.ErrTxClosed }
-func (closedBatch) QueryRow() pgx.Row                { return closedRow{} }
-func (closedBatch) Close() error                     { return pgx.ErrTxClosed }
-func (closedBatch) Tx() pgx.Tx                       { return nil }

@@ -16,11 +16,14 @@ import (
 )
 
 // roundTrips counts what a pool sends the server: each query and each batch
-// is one round trip.
-type roundTrips struct{ n atomic.Int64 }
+// is one round trip. A query given a context already done is never sent
+// (Tx.Commit closes pgx's transaction so).
+type roundTrips struct{ n, notices atomic.Int64 }
 
 func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	r.n.Add(1)
+	if ctx.Err() == nil {
+		r.n.Add(1)
+	}
 	return ctx
 }
 func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
@@ -40,6 +43,9 @@ func txPool(t *testing.T) (*pgxpool.Pool, *roundTrips) {
 	require.NoError(t, err)
 	rt := &roundTrips{}
 	cfg.ConnConfig.Tracer = rt
+	// A COMMIT sent with no transaction open would be answered with a
+	// warning: there is no transaction in progress.
+	cfg.ConnConfig.OnNotice = func(*pgconn.PgConn, *pgconn.Notice) { rt.notices.Add(1) }
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
@@ -84,6 +90,7 @@ func TestTxSendsEventsWithCommit(t *testing.T) {
 	before = rt.n.Load()
 	require.NoError(t, tx.Commit(ctx))
 	require.Equal(t, before+1, rt.n.Load(), "the events and COMMIT are one round trip")
+	require.Zero(t, rt.notices.Load(), "nothing was sent after the COMMIT")
 
 	require.Equal(t, 2, countOutbox(t, pool))
 	require.Equal(t, 1, countBusiness(t, pool))
