@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"database/sql/driver"
 	"net/netip"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -37,6 +38,16 @@ func (t *textCol) setPtr(s *string) {
 
 // inetCol is an inet column value; the zero Addr is NULL.
 type inetCol struct{ addr netip.Addr }
+
+// Value implements driver.Valuer, the text form pgx falls back to where it
+// knows no column types: under QueryExecModeExec and SimpleProtocol (with
+// PgBouncer, say) the binary plan below is never tried.
+func (c *inetCol) Value() (driver.Value, error) {
+	if !c.addr.IsValid() {
+		return nil, nil
+	}
+	return c.addr.String(), nil
+}
 
 // NetipPrefixValue implements pgtype.NetipPrefixValuer: a host address is
 // the prefix of its full length; an invalid prefix encodes as NULL.

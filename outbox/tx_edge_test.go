@@ -526,17 +526,16 @@ func TestTxCommitQueryRuns(t *testing.T) {
 }
 
 // TestTxExecModes: the batch commit behaves the same whatever the
-// connection's default query exec mode (simple protocol included):
-// events land with the change, a refused one fails Commit and keeps
-// nothing, and the connection goes back idle. (The exec and simple
-// protocol modes are left out: there pgx cannot encode outboxCols' inet
-// value, NULL or not, for Record in any transaction, a limitation older
-// than outbox.Tx.)
+// connection's default query exec mode: events land with the change, a
+// refused one fails Commit and keeps nothing, and the connection goes back
+// idle. Under the exec and simple protocol modes (PgBouncer's) pgx knows no
+// column types and encodes values as text; the inet column once had no
+// text form, and every Record failed there, in any transaction.
 func TestTxExecModes(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pgx.QueryExecMode{
 		pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
-		pgx.QueryExecModeDescribeExec,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol,
 	} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
