@@ -122,22 +122,24 @@ func newCopyReader(rows []row) *copyReader {
 }
 
 func (c *copyReader) Read(p []byte) (int, error) {
-	if c.off > 0 {
+	// Encode more only when what is left does not fill p: moving the rest
+	// to the front on every Read would make small reads quadratic.
+	if len(c.buf)-c.off < len(p) && !c.ended {
 		c.buf = c.buf[:copy(c.buf, c.buf[c.off:])]
 		c.off = 0
-	}
-	for len(c.buf) < min(len(p), copyBlock) && !c.ended {
-		if c.next == len(c.rows) {
-			c.buf = append(c.buf, 0xff, 0xff) // field count -1: the end
-			c.ended = true
-			break
+		for len(c.buf) < min(len(p), copyBlock) && !c.ended {
+			if c.next == len(c.rows) {
+				c.buf = append(c.buf, 0xff, 0xff) // field count -1: the end
+				c.ended = true
+				break
+			}
+			c.buf = appendCopyRow(c.buf, &c.rows[c.next])
+			c.next++
 		}
-		c.buf = appendCopyRow(c.buf, &c.rows[c.next])
-		c.next++
 	}
-	n := copy(p, c.buf)
-	c.off = n
-	if c.ended && n == len(c.buf) {
+	n := copy(p, c.buf[c.off:])
+	c.off += n
+	if c.ended && c.off == len(c.buf) {
 		return n, io.EOF
 	}
 	return n, nil

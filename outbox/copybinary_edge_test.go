@@ -70,9 +70,10 @@ func readAllBy(t *testing.T, r io.Reader, sizes []int) []byte {
 		if err == io.EOF {
 			return out
 		}
-		require.NoError(t, err)
-		require.Positive(t, n, "a Read returned nothing, not at the end")
-		require.Less(t, i, 1<<22, "no end")
+		// Plain checks: testify's cost a read of one byte many times over.
+		if err != nil || n == 0 || i > 1<<22 {
+			t.Fatalf("read %d: n=%d err=%v (a Read returned nothing before the end, or no end)", i, n, err)
+		}
 	}
 }
 
@@ -139,8 +140,9 @@ func TestCopyReaderFraming(t *testing.T) {
 		got := readAllBy(t, newCopyReader(rows), sizes)
 		require.True(t, bytes.Equal(want, got), "sizes %v: stream of %d bytes differs from the %d expected", sizes, len(got), len(want))
 	}
-	// Tiny reads, on small rows (each Read moves what is left to the front).
-	small := rows[7:20]
+	// Tiny reads, on a row without details and two near the limit (a Read
+	// refills only when what is left does not fill it).
+	small := rows[7:10]
 	for _, sizes := range [][]int{{1}, {2}, {19}, {21}} {
 		require.Equal(t, encodedCopy(small), readAllBy(t, newCopyReader(small), sizes), "sizes %v", sizes)
 	}
