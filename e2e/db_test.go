@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,6 +244,28 @@ func copiesRunning(ctx context.Context, pool *pgxpool.Pool, app string) (int, er
 // events, oldest first.
 const sqlExportEvents = `
 SELECT details FROM audit_events
+WHERE workspace_id = $1 AND action = 'audit_log.export'
+ORDER BY seq`
+
+// exportEventsDebug lists the workspace's export events with their seq,
+// times and details, one per line, for a failure message.
+func exportEventsDebug(t testing.TB, pool *pgxpool.Pool, workspace string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rows, err := pool.Query(ctx, sqlExportEventsDebug, workspace)
+	if err != nil {
+		return err.Error()
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+const sqlExportEventsDebug = `
+SELECT concat_ws(' ', seq, occurred_at, recorded_at, request_id, details) FROM audit_events
 WHERE workspace_id = $1 AND action = 'audit_log.export'
 ORDER BY seq`
 

@@ -48,6 +48,9 @@ func TestGracefulLifecycle(t *testing.T) {
 
 	first := startService(t, "drain", dbURL, info)
 	seedViaAPI(t, c, first.URL(""), seedAction, seedRows)
+	// The subtests' services, whose logs explain a wrong export record
+	// below (their own cleanup logs them only if their subtest failed).
+	var cut []*service
 	waitDrained(t, pool, drainTimeout)
 
 	t.Run("drain completes the export, then stops in order", func(t *testing.T) {
@@ -91,6 +94,7 @@ func TestGracefulLifecycle(t *testing.T) {
 		svc := startService(t, "grace", dbURL, map[string]string{
 			"AUDITLOG_LOG_LEVEL": "info", "AUDITLOG_HTTP_SHUTDOWN_GRACE": "1s",
 		})
+		cut = append(cut, svc)
 		exp := openExport(t, c, svc.URL("/v1/events/export"))
 		defer exp.Body.Close()
 		_, err := io.ReadFull(exp.Body, make([]byte, 64<<10))
@@ -118,6 +122,7 @@ func TestGracefulLifecycle(t *testing.T) {
 		svc := startService(t, "second-signal", dbURL, map[string]string{
 			"AUDITLOG_LOG_LEVEL": "info", "AUDITLOG_HTTP_SHUTDOWN_GRACE": "1m",
 		})
+		cut = append(cut, svc)
 		exp := openExport(t, c, svc.URL("/v1/events/export"))
 		defer exp.Body.Close()
 		_, err := io.ReadFull(exp.Body, make([]byte, 64<<10))
@@ -148,6 +153,15 @@ func TestGracefulLifecycle(t *testing.T) {
 		return len(exportEvents(t, pool, workspace)) == 3, nil
 	})
 	evs := exportEvents(t, pool, workspace)
+	defer func() {
+		if !t.Failed() {
+			return
+		}
+		for _, s := range cut {
+			t.Logf("%s log (tail):\n%s", s.name, s.LogTail(80))
+		}
+		t.Logf("export events by seq:\n%s", exportEventsDebug(t, pool, workspace))
+	}()
 	require.Equal(t, true, evs[0]["complete"])
 	require.EqualValues(t, seedRows, evs[0]["rows"])
 	require.Equal(t, false, evs[1]["complete"])
