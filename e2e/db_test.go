@@ -242,10 +242,14 @@ func copiesRunning(ctx context.Context, pool *pgxpool.Pool, app string) (int, er
 
 // sqlExportEvents lists the details of the workspace's audit_log.export
 // events, oldest first.
+// sqlExportEvents lists export events in the order they were recorded.
+// Not by seq: the relay claims outbox rows FOR UPDATE SKIP LOCKED, so a row
+// still locked by a killed instance's move (its backend finishing the
+// statement it was running) is moved after rows written later.
 const sqlExportEvents = `
 SELECT details FROM audit_events
 WHERE workspace_id = $1 AND action = 'audit_log.export'
-ORDER BY seq`
+ORDER BY occurred_at, seq`
 
 // exportEventsDebug lists the workspace's export events with their seq,
 // times and details, one per line, for a failure message.
