@@ -595,6 +595,40 @@ func (r *Relay) abort(ctx context.Context, f *flight) {
 	f.cancel()
 	<-f.copied
 	rollback(ctx, f.tx)
+	if f.tx.Conn().IsClosed() {
+		r.awaitBackendGone(ctx, f.pid)
+	}
+}
+
+// Cancelling a copy in progress closes its connection, but its backend
+// goes on with the statement until it next talks to the client, holding
+// the claimed rows' locks; claims skip locked rows, so until then the rows
+// this move leaves for the next one are invisible to it, and a Drain could
+// end with them still in the outbox (seen under load, with the backend
+// lingering over 50 ms). So the abandoned backend's statement is cancelled
+// and its end waited for, at most rollbackTimeout.
+const (
+	cancelBackendSQL = `SELECT pg_cancel_backend($1)`
+	backendGoneSQL   = `SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)`
+)
+
+// awaitBackendGone cancels backend pid's statement and waits until the
+// backend has exited.
+func (r *Relay) awaitBackendGone(ctx context.Context, pid uint32) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	_, _ = r.pool.Exec(wctx, cancelBackendSQL, int64(pid))
+	for {
+		var gone bool
+		if err := r.pool.QueryRow(wctx, backendGoneSQL, int64(pid)).Scan(&gone); err != nil || gone {
+			return
+		}
+		select {
+		case <-wctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // rollback rolls tx back, even when ctx is already cancelled.
