@@ -155,11 +155,7 @@ func copyRows(ctx context.Context, tx pgx.Tx, rows []row) (int64, error) {
 	if err := tx.SendBatch(ctx, &pgx.Batch{}).Close(); err != nil {
 		return 0, err
 	}
-	conn := tx.Conn()
-	if conn == nil {
-		return 0, pgx.ErrTxClosed
-	}
-	tag, err := conn.PgConn().CopyFrom(ctx, newCopyReader(rows), copyOutboxSQL)
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, newCopyReader(rows), copyOutboxSQL)
 	if err != nil {
 		return 0, err
 	}

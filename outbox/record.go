@@ -123,8 +123,9 @@ func (r *Recorder) Record(ctx context.Context, tx pgx.Tx, e Event) error {
 	if err != nil {
 		return err
 	}
-	if t, ok := tx.(*Tx); ok {
-		return t.record(ctx, &w)
+	if t, ok := tx.(*Tx); ok && t.keeps() {
+		t.keep(&w)
+		return nil
 	}
 	if _, err := tx.Exec(ctx, insertOutboxSQL, newOutboxCols().load(&w)...); err != nil {
 		return fmt.Errorf("writing audit event to outbox: %w", err)

@@ -98,29 +98,23 @@ func BeginFunc(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) e
 	return tx.Commit(ctx)
 }
 
-// record keeps the INSERT arguments of an event recorded in t, or once a
-// savepoint has been begun writes it at once.
-func (t *Tx) record(ctx context.Context, w *row) error {
-	if t.closed {
-		return pgx.ErrTxClosed
-	}
+// keeps reports whether t keeps an event recorded now until Commit: not
+// once a savepoint was begun (the event must go with it), nor once t has
+// ended (Record's INSERT then gets ErrTxClosed from Exec).
+func (t *Tx) keeps() bool { return !t.closed && !t.nested }
+
+// keep adds w's INSERT to those Commit sends.
+func (t *Tx) keep(w *row) {
 	c := newOutboxCols()
 	c.load(w)
-	if !t.nested {
-		t.pending = append(t.pending, c)
-		return nil
-	}
-	if _, err := t.tx.Exec(ctx, insertOutboxSQL, c.args...); err != nil {
-		return fmt.Errorf("writing audit event to outbox: %w", err)
-	}
-	return nil
+	t.pending = append(t.pending, c)
 }
 
 // endTimeout bounds the ROLLBACK that ends a transaction whose Commit
 // failed, sent even when the caller's context is done.
 const endTimeout = 5 * time.Second
 
-// done is an already cancelled context: see Commit.
+// done is an already cancelled context: see settle.
 var done = func() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -144,28 +138,25 @@ func (t *Tx) Commit(ctx context.Context) error {
 	b.Queue(t.commit)
 	n := len(t.pending)
 	t.pending = nil
-	if err := sendCommit(ctx, t.tx, b, n); err != nil {
-		t.end(ctx)
-		return err
-	}
-	// The server has committed, but the pgx transaction underneath does not
-	// know: told to commit with a context already done, pgx marks it closed
-	// without sending anything (the connection is idle, so it keeps it), and
-	// whatever still holds it, a LargeObjects for one, is refused from now
-	// on rather than run outside any transaction.
-	_ = t.tx.Commit(done)
-	return nil
+	err := sendCommit(ctx, t.tx, b, n)
+	t.settle(ctx)
+	return err
 }
 
-// end ends the transaction after a failed Commit. The server skipped what
-// followed the failure, COMMIT included, so it may still be in the
-// transaction. The ROLLBACK goes even if ctx is done (a context cancelled
-// before Commit is how the batch failed); if it cannot, the connection is
-// closed, as pgx does, rather than left in a transaction for its next user
-// to commit.
-func (t *Tx) end(ctx context.Context) {
+// settle ends the pgx transaction underneath as the batch left the server.
+// Committed, the server is out of the transaction but pgx does not know:
+// told to commit with a context already done, pgx marks it closed without
+// sending anything (the connection is idle, so it keeps it), and whatever
+// still holds it, a LargeObjects for one, is refused from now on rather
+// than run outside any transaction. Failed, the server skipped what
+// followed the failure, COMMIT included, and may still be in the
+// transaction: the ROLLBACK goes even if ctx is done (a context cancelled
+// before Commit is how the batch failed), and if it cannot, the connection
+// is closed, as pgx does, rather than left in a transaction for its next
+// user to commit.
+func (t *Tx) settle(ctx context.Context) {
 	if t.conn.PgConn().TxStatus() == 'I' {
-		_ = t.tx.Commit(done) // closed on the server already: see Commit
+		_ = t.tx.Commit(done)
 		return
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
